@@ -1,0 +1,47 @@
+# The two commands a newcomer needs:  make run   (the whole pipeline on the demo set)
+#                                      make test  (lint, layer contracts, tests)
+# Both create .venv and install everything first; nothing needs to be done by hand.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+EXTRAS ?= dev
+
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: run test lint unit test-deploy bench install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/care run
+
+lint: $(STAMP)
+	$(BIN)/ruff check care tasks flows tests benchmarks
+	$(BIN)/lint-imports
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not deploy" --timeout 900
+
+test: lint unit
+
+test-deploy: $(STAMP)
+	$(BIN)/python -m pytest -q -m deploy --timeout 900
+
+bench:
+	$(MAKE) EXTRAS=dev,bench,dask install
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .care .pytest_cache

@@ -1,0 +1,7 @@
+"""``care models ...``: generate and validate datasets."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)
