@@ -1,0 +1,256 @@
+"""Checkpoints: atomic, pickle-free, checksummed.
+
+Layout of one checkpoint folder (``<run>/checkpoints/<name>/``)::
+
+    policy/              save_pretrained (safetensors) + the processor, so the folder is a loadable model path
+    reference/           save_pretrained of the EMA / frozen reference (absent when there is none)
+    optimizer.safetensors + optimizer.json     AdamW moments (tensors) and param groups (JSON)
+    scheduler.json       learning-rate scheduler state
+    rng.safetensors + rng.json                 torch CPU/CUDA RNG states, Python and NumPy RNG states
+    state.json           trainer state: step, iteration, data cursor, EMA counters, anything JSON
+    MANIFEST.json        sha256 and size of every file above, written last
+
+The folder is written under a temporary name and renamed into place, so a reader sees a whole checkpoint or
+none. Nothing here uses pickle: tensors go to safetensors, everything else to JSON, so loading a checkpoint
+never executes code from the workspace. ``load_checkpoint`` verifies the manifest first and refuses a
+checkpoint whose files are missing, truncated or altered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from care.errors import CareError
+
+MANIFEST = "MANIFEST.json"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(CareError):
+    """A checkpoint folder is incomplete or corrupted."""
+
+
+@dataclass
+class TrainingState:
+    """What a trainer needs besides weights to continue exactly where it stopped."""
+
+    step: int = 0
+    iteration: int = 0
+    data_cursor: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- optimizer / scheduler / RNG state
+
+
+def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, pstate in sd["state"].items():
+        for key, value in pstate.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    for pid, values in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(values)
+    groups = meta["param_groups"]
+    for group in groups:
+        if "betas" in group:
+            group["betas"] = tuple(group["betas"])
+    return {"state": state, "param_groups": groups}
+
+
+def _jsonable(value: Any) -> Any:
+    """Scheduler state dicts hold plain numbers, lists and (empty) dicts of lambda attributes."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if torch.is_tensor(value):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, float | int | str | bool) or value is None:
+        return value
+    raise TypeError(f"scheduler state value of type {type(value).__name__} cannot be stored as JSON")
+
+
+def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, st in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = st
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    meta = {
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+    return tensors, meta
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("torch_cuda_"))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    entries = {str(p.relative_to(folder)): {"sha256": _sha256(p), "size": p.stat().st_size} for p in files}
+    _write_json(folder / MANIFEST, {"format_version": FORMAT_VERSION, "files": entries})
+
+
+def verify_manifest(folder: Path) -> None:
+    """Raise CheckpointError naming the first missing, truncated or altered file."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        raise CheckpointError(f"{folder}: no {MANIFEST}; the checkpoint is incomplete (its write never finished)")
+    entries = json.loads(manifest.read_text())["files"]
+    for rel, info in entries.items():
+        path = folder / rel
+        if not path.is_file():
+            raise CheckpointError(f"{path}: listed in {MANIFEST} but missing; delete the checkpoint and re-run")
+        if path.stat().st_size != info["size"]:
+            raise CheckpointError(f"{path}: truncated ({path.stat().st_size} of {info['size']} bytes)")
+        if _sha256(path) != info["sha256"]:
+            raise CheckpointError(f"{path}: checksum mismatch; the file was altered or corrupted")
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True))
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.rglob("*"):
+        if p.is_file():
+            with p.open("rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def save_checkpoint(
+    folder: str | Path,
+    *,
+    policy: torch.nn.Module,
+    reference: torch.nn.Module | None = None,
+    processor: Any | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    state: TrainingState | None = None,
+) -> Path:
+    """Write a complete checkpoint to ``folder`` atomically and return its path.
+
+    An existing complete checkpoint at ``folder`` is replaced only after the new one is fully written.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        policy.save_pretrained(tmp / "policy", safe_serialization=True)
+        if processor is not None:
+            processor.save_pretrained(tmp / "policy")
+        if reference is not None:
+            reference.save_pretrained(tmp / "reference", safe_serialization=True)
+        if optimizer is not None:
+            tensors, meta = _optimizer_to_files(optimizer)
+            save_file(tensors, tmp / "optimizer.safetensors")
+            _write_json(tmp / "optimizer.json", meta)
+        if scheduler is not None:
+            _write_json(tmp / "scheduler.json", _jsonable(scheduler.state_dict()))
+        rng_tensors, rng_meta = capture_rng()
+        save_file(rng_tensors, tmp / "rng.safetensors")
+        _write_json(tmp / "rng.json", rng_meta)
+        st = state or TrainingState()
+        _write_json(tmp / "state.json", {"format_version": FORMAT_VERSION, **st.__dict__})
+        write_manifest(tmp)
+        _fsync_tree(tmp)
+        if folder.exists():
+            trash = folder.parent / f".trash-{folder.name}-{uuid.uuid4().hex[:8]}"
+            folder.rename(trash)
+            tmp.rename(folder)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def read_training_state(folder: str | Path) -> TrainingState:
+    data = json.loads((Path(folder) / "state.json").read_text())
+    data.pop("format_version", None)
+    return TrainingState(**data)
+
+
+def load_checkpoint_state(
+    folder: str | Path,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    restore_rng_state: bool = True,
+) -> TrainingState:
+    """Verify the manifest, then restore optimizer, scheduler and RNG in place; return the trainer state.
+
+    Model weights are loaded separately with ``from_pretrained(folder / "policy")`` (and ``/ "reference"``), the
+    same path any model takes.
+    """
+    folder = Path(folder)
+    verify_manifest(folder)
+    if optimizer is not None:
+        meta = json.loads((folder / "optimizer.json").read_text())
+        optimizer.load_state_dict(_optimizer_from_files(load_file(folder / "optimizer.safetensors"), meta))
+    if scheduler is not None:
+        scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))
+    if restore_rng_state:
+        restore_rng(load_file(folder / "rng.safetensors"), json.loads((folder / "rng.json").read_text()))
+    return read_training_state(folder)
+
+
+def is_complete(folder: str | Path) -> bool:
+    """True when the folder holds a manifest-verified checkpoint."""
+    try:
+        verify_manifest(Path(folder))
+    except (CheckpointError, OSError, ValueError, KeyError):
+        return False
+    return True

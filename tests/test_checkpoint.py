@@ -1,0 +1,145 @@
+"""Checkpoints: round trip of weights, optimizer, scheduler and RNG; atomic replace; corruption refused."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from care.train.checkpoint import (
+    CheckpointError,
+    TrainingState,
+    is_complete,
+    load_checkpoint_state,
+    save_checkpoint,
+)
+
+
+def _tiny_lm(seed: int = 0) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=64,
+    )
+    return Qwen2ForCausalLM(cfg)
+
+
+def _train_step(model, optimizer, scheduler):
+    ids = torch.randint(0, 64, (2, 8))
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+
+
+def _setup(seed=0):
+    model = _tiny_lm(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
+    sched = transformers.get_cosine_schedule_with_warmup(opt, 0, 10)
+    return model, opt, sched
+
+
+def test_round_trip_continues_exactly(tmp_path):
+    model, opt, sched = _setup()
+    for _ in range(2):
+        _train_step(model, opt, sched)
+    ckpt = save_checkpoint(
+        tmp_path / "step-2", policy=model, reference=_tiny_lm(1), optimizer=opt, scheduler=sched,
+        state=TrainingState(step=2, iteration=1, data_cursor={"epoch": 0, "offset": 8}),
+    )
+    # the uninterrupted continuation
+    _train_step(model, opt, sched)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+
+    # a fresh process would do this: weights via from_pretrained, the rest via load_checkpoint_state
+    resumed = Qwen2ForCausalLM.from_pretrained(ckpt / "policy")
+    opt2 = torch.optim.AdamW(resumed.parameters(), lr=1e-2, weight_decay=0.01)
+    sched2 = transformers.get_cosine_schedule_with_warmup(opt2, 0, 10)
+    torch.manual_seed(12345)  # scrambled; the checkpoint's RNG must win
+    state = load_checkpoint_state(ckpt, optimizer=opt2, scheduler=sched2)
+    assert state.step == 2 and state.data_cursor == {"epoch": 0, "offset": 8}
+    _train_step(resumed, opt2, sched2)
+    for k, v in resumed.state_dict().items():
+        torch.testing.assert_close(v, expected[k], rtol=0, atol=0)
+    assert sched2.get_last_lr() == sched.get_last_lr()
+
+
+def test_rng_restored_for_python_numpy_torch(tmp_path):
+    model = _tiny_lm()
+    random.seed(3)
+    np.random.seed(3)
+    torch.manual_seed(3)
+    ckpt = save_checkpoint(tmp_path / "c", policy=model)
+    want = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    load_checkpoint_state(ckpt)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == want
+
+
+def test_no_pickle_files_written(tmp_path):
+    model, opt, sched = _setup()
+    _train_step(model, opt, sched)
+    ckpt = save_checkpoint(tmp_path / "c", policy=model, optimizer=opt, scheduler=sched)
+    suffixes = {p.suffix for p in ckpt.rglob("*") if p.is_file()}
+    assert suffixes <= {".json", ".safetensors"}, suffixes
+
+
+def test_truncated_file_is_refused_with_its_path(tmp_path):
+    model, opt, sched = _setup()
+    _train_step(model, opt, sched)
+    ckpt = save_checkpoint(tmp_path / "c", policy=model, optimizer=opt)
+    target = ckpt / "optimizer.safetensors"
+    target.write_bytes(target.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match=r"optimizer\.safetensors: truncated"):
+        load_checkpoint_state(ckpt, optimizer=opt)
+    assert not is_complete(ckpt)
+
+
+def test_altered_file_is_refused(tmp_path):
+    model, *_ = _setup()
+    ckpt = save_checkpoint(tmp_path / "c", policy=model)
+    state = ckpt / "state.json"
+    data = json.loads(state.read_text())
+    data["step"] = 999
+    text = json.dumps(data, indent=2, sort_keys=True)
+    state.write_text(text[: len(state.read_text())].ljust(len(state.read_text())))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_checkpoint_state(ckpt)
+
+
+def test_missing_manifest_means_incomplete(tmp_path):
+    model, *_ = _setup()
+    ckpt = save_checkpoint(tmp_path / "c", policy=model)
+    (ckpt / "MANIFEST.json").unlink()
+    with pytest.raises(CheckpointError, match="incomplete"):
+        load_checkpoint_state(ckpt)
+
+
+def test_replace_is_atomic_and_leaves_no_temp(tmp_path):
+    model, *_ = _setup()
+    save_checkpoint(tmp_path / "c", policy=model, state=TrainingState(step=1))
+    save_checkpoint(tmp_path / "c", policy=model, state=TrainingState(step=2))
+    assert load_checkpoint_state(tmp_path / "c").step == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["c"]
+
+
+def test_failed_write_keeps_previous_checkpoint(tmp_path):
+    model, *_ = _setup()
+    save_checkpoint(tmp_path / "c", policy=model, state=TrainingState(step=1))
+
+    class Boom(torch.nn.Module):
+        def save_pretrained(self, *a, **k):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path / "c", policy=Boom(), state=TrainingState(step=2))
+    assert load_checkpoint_state(tmp_path / "c").step == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c"]
