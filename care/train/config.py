@@ -1,0 +1,106 @@
+"""Typed configuration of the RL loop: one frozen model per stage, composed into ``RLConfig``.
+
+Defaults are the reference runs' hyperparameters (GRPO_CARE.md section 7) unless a field says otherwise; the demo
+config (``care/configs/demo.yaml``) shrinks them for a tiny model on CPU. The same models are the Prefect flows'
+parameter schemas, so a deployment's parameters are validated exactly like a YAML file.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from care.config import StageConfig
+
+
+class SamplingParams(StageConfig):
+    """Decoding parameters. All are set explicitly on every call: a model's generation_config can silently
+    override library defaults otherwise."""
+
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature for sampling.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
+    top_k: int = Field(50, ge=0, description="Top-k sampling; 0 disables it.")
+    max_new_tokens: int = Field(768, ge=1, description="Maximum completion length in tokens.")
+
+
+class RolloutConfig(StageConfig):
+    backend: Literal["hf", "vllm"] = Field("hf", description="Generation engine: transformers generate, or vLLM (GPU, own environment).")
+    group_size: int = Field(8, ge=2, description="G: completions sampled per prompt.")
+    prompts_per_iteration: int = Field(4, ge=1, description="Prompts per generation batch (one RL iteration).")
+    generation_batch_prompts: int = Field(4, ge=1, description="Prompts per generate() call (a memory knob; the per-call seed depends on it, so it is part of the config).")
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    vllm_python: str | None = Field(None, description="Python of the separate vLLM environment (backend=vllm).")
+    vllm_tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor-parallel size (backend=vllm).")
+    vllm_gpu_memory_utilization: float = Field(0.6, gt=0, le=1, description="vLLM GPU memory share (backend=vllm).")
+
+
+class ScoringConfig(StageConfig):
+    reward_weights: dict[str, float] = Field(
+        default_factory=lambda: {"accuracy": 1.0, "format": 1.0},
+        description="Base rewards by registry name and weight (care.algo.rewards).",
+    )
+    consistency_bonus: bool = Field(True, description="Add the CARE consistency bonus (off = plain GRPO).")
+    bonus_weight: float = Field(0.5, ge=0, description="lambda: bonus = lambda * accuracy for consistent correct samples.")
+    bonus_margin: float = Field(0.0, ge=0, description="Tolerance below the group's mean likelihood (0 for SEED-Bench-R1, 0.01 transfer).")
+    confidence_upper_bound: float = Field(0.95, gt=0, le=1, description="Clamp of the answer likelihood p_i.")
+    advantage: Literal["grpo", "grpo_care", "dr_grpo", "rloo"] = Field("grpo_care", description="Advantage estimator.")
+    reproduce_reference: bool = Field(False, description="Use the reference code's likelihood span and per-batch bonus.")
+    scoring_batch_size: int = Field(16, ge=1, description="Rollouts per reference-model forward.")
+
+
+class OptimConfig(StageConfig):
+    learning_rate: float = Field(1e-6, gt=0, description="AdamW peak learning rate.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    max_grad_norm: float = Field(5.0, gt=0, description="Gradient-norm clip.")
+    lr_scheduler: Literal["cosine", "constant"] = Field("cosine", description="Learning-rate schedule over the run.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up optimizer steps.")
+    steps_per_generation: int = Field(1, ge=1, description="Optimizer steps per generation batch (1 = reference, on-policy).")
+    micro_batch_size: int = Field(8, ge=1, description="Rollouts per forward/backward; gradients are accumulated over the step.")
+    loss_aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"] = Field(
+        "seq_mean_token_mean", description="Loss aggregation: reference (per-sequence mean), DAPO token mean, Dr.GRPO."
+    )
+    eps_low: float = Field(0.2, ge=0, description="PPO clip range below 1 (used when steps_per_generation > 1).")
+    eps_high: float = Field(0.2, ge=0, description="PPO clip range above 1 (used when steps_per_generation > 1).")
+    kl_beta: float = Field(0.0, ge=0, description="KL penalty weight against the reference (0 = none, as GRPO-CARE).")
+    kl_estimator: Literal["k1", "k3"] = Field("k3", description="KL estimator when kl_beta > 0.")
+    ref_mode: Literal["ema", "frozen"] = Field("ema", description="Reference model: slowly evolving EMA, or frozen initial policy.")
+    ema_decay: float = Field(0.995, ge=0, le=1, description="EMA decay of the reference.")
+    ema_every: int = Field(10, ge=1, description="Update the EMA reference every this many optimizer steps.")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 on a GPU that supports it, else fp32.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    num_processes: int = Field(1, ge=1, description="Data-parallel processes (torchrun) for the update.")
+
+
+class RLConfig(StageConfig):
+    """A GRPO / GRPO-CARE run: which model and data, how many iterations, and each stage's options."""
+
+    run_name: str | None = Field(None, description="Run id; default derives from the config hash so a re-run resumes it.")
+    algo: Literal["grpo_care", "grpo"] = Field("grpo_care", description="grpo_care adds the consistency bonus; grpo is the baseline.")
+    model: str = Field(..., description="Initial policy: a local save_pretrained folder or a hub id (GPU machines).")
+    data_root: str = Field(..., description="SEED-Bench-R1-layout root (annotations/, videos/, images/).")
+    train_annotations: str = Field("training_6k.jsonl", description="Training file, relative to data_root/annotations.")
+    shuffle_options: bool = Field(True, description="Shuffle the 4 options per training row (seeded).")
+    iterations: int = Field(3, ge=1, description="Generation batches (RL iterations) to run.")
+    seed: int = Field(0, description="Seeds data order, sampling and initialisation.")
+    eval_every: int = Field(0, ge=0, description="Evaluate every this many iterations (0 = only at the end, if enabled).")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+
+    @model_validator(mode="after")
+    def _algo_sets_bonus(self) -> RLConfig:
+        # ``algo`` is the switch users reach for; the scoring stage only sees ScoringConfig, so mirror it there.
+        if self.algo == "grpo" and self.scoring.consistency_bonus:
+            update = {"consistency_bonus": False}
+            if self.scoring.advantage == "grpo_care":
+                update["advantage"] = "grpo"
+            object.__setattr__(self, "scoring", self.scoring.model_copy(update=update))
+        elif self.algo == "grpo_care" and not self.scoring.consistency_bonus:
+            raise ValueError("algo=grpo_care needs scoring.consistency_bonus=true (use algo=grpo for the baseline)")
+        return self
+
+    @property
+    def total_optimizer_steps(self) -> int:
+        return self.iterations * self.optim.steps_per_generation
