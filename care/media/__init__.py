@@ -1,0 +1,18 @@
+"""Video/image decoding, frame sampling and resizing, and the Parquet frame cache.
+
+Public API: ``FrameSampling`` (options), ``FrameCache`` (``.put(path, kind)`` fills, ``.load(sample)`` reads),
+``CachedSample``, ``FrameDataset``, ``decode_video``, ``load_image``, ``probe_video``, ``MediaError``.
+"""
+
+from care.media.cache import CACHE_VERSION, CacheMissError, cache_key, file_sha256
+from care.media.dataset import FrameDataset
+from care.media.decode import DecodedVideo, decode_video, load_image
+from care.media.frame_cache import CachedSample, FrameCache, MediaResult
+from care.media.probe import MediaError, VideoInfo, probe_video
+from care.media.sampling import FrameSampling, frame_count, frame_indices, smart_resize
+
+__all__ = [
+    "CACHE_VERSION", "CacheMissError", "CachedSample", "DecodedVideo", "FrameCache", "FrameDataset",
+    "FrameSampling", "MediaError", "MediaResult", "VideoInfo", "cache_key", "decode_video", "file_sha256",
+    "frame_count", "frame_indices", "load_image", "probe_video", "smart_resize",
+]
