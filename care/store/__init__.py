@@ -1,0 +1,9 @@
+"""DuckDB catalog (``catalog``: the one connection owner), preprocessing tables (``media``), read-only SQL.
+
+Importing ``care.store`` registers the schemas of its modules, so any writable connection creates them.
+"""
+
+from care.store import media as media
+from care.store.catalog import CatalogError, connect, execute, executemany, query, register_schema
+
+__all__ = ["CatalogError", "connect", "execute", "executemany", "media", "query", "register_schema"]
