@@ -5,7 +5,6 @@ Public API: ``FrameSampling`` (options), ``FrameCache`` (``.put(path, kind)`` fi
 """
 
 from care.media.cache import CACHE_VERSION, CacheMissError, cache_key, file_sha256
-from care.media.dataset import FrameDataset
 from care.media.decode import DecodedVideo, decode_video, load_image
 from care.media.frame_cache import CachedSample, FrameCache, MediaResult
 from care.media.probe import MediaError, VideoInfo, probe_video
@@ -16,3 +15,12 @@ __all__ = [
     "FrameSampling", "MediaError", "MediaResult", "VideoInfo", "cache_key", "decode_video", "file_sha256",
     "frame_count", "frame_indices", "load_image", "probe_video", "smart_resize",
 ]
+
+
+def __getattr__(name: str):
+    # FrameDataset pulls in torch; keep it out of decoding worker processes that only need the cache.
+    if name == "FrameDataset":
+        from care.media.dataset import FrameDataset
+
+        return FrameDataset
+    raise AttributeError(name)
