@@ -40,3 +40,21 @@ def prefect_harness(tmp_path_factory):
     with prefect_test_harness(server_startup_timeout=120):
         yield
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory):
+    """A small demo benchmark in the SEED-Bench-R1 layout (64 train rows, 32 per level), built once."""
+    from care.data.demo import make_demo_benchmark
+
+    return make_demo_benchmark(tmp_path_factory.mktemp("demo") / "demo", train=64, val=32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, demo_root):
+    """The tiny offline Qwen2.5-VL (tokenizer trained on the demo set's text), saved once per session."""
+    from care.data.demo import benchmark_corpus, demo_corpus
+    from care.models.tiny import make_tiny_model
+
+    corpus = benchmark_corpus(demo_root) + demo_corpus()
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny", corpus=corpus, seed=0)

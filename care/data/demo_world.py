@@ -1,0 +1,168 @@
+"""The demo benchmark's rendered world: environments, the two task families, and their frames.
+
+Pure numpy rendering (no IO); ``care.data.demo`` encodes the frames and writes the benchmark files.
+
+Task families (the answer needs the pixels; the text is the same for every sample of a family and variant):
+
+- ``target``: four coloured markers; an agent walks from the centre toward one of them, covering 55-75 % of
+  the way by the last frame. Answer: "pick up the <colour> marker" (the marker it walks to).
+- ``lamp``: a lamp in the middle shows a new colour every frame; four coloured buttons. Answer: "press the
+  <colour> button" for the lamp's colour in the last frame (the current observation).
+
+The current-observation image is the last frame, so image-only samples stay answerable.
+Variants: ``fixed`` uses the four base colours (red, green, blue, yellow), so with options in canonical
+(sorted) order each colour always has the same letter; ``shuffled`` draws 4 of 8 colours, so the letter of the
+right colour changes from sample to sample (an in-context lookup the tiny model does not learn in minutes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+BASE_COLORS = ("red", "green", "blue", "yellow")
+EXTRA_COLORS = ("purple", "orange", "cyan", "pink")
+
+
+@dataclass(frozen=True)
+class Environment:
+    """A visual environment: background, colour shades, where the four markers/buttons sit, the agent."""
+
+    name: str
+    background: tuple[int, int, int]
+    palette: dict[str, tuple[int, int, int]]
+    layout: str  # "corners" | "edges" | "row"
+    agent: tuple[int, int, int]
+    grid: bool = False  # faint floor grid lines
+
+
+ENVIRONMENTS = {
+    "room": Environment(
+        "room", (40, 40, 40),
+        {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 235), "yellow": (230, 210, 40),
+         "purple": (150, 60, 200), "orange": (245, 140, 20), "cyan": (40, 210, 220), "pink": (245, 120, 190)},
+        "corners", (245, 245, 245)),
+    "garden": Environment(
+        "garden", (70, 50, 30),
+        {"red": (190, 30, 70), "green": (110, 230, 90), "blue": (30, 60, 180), "yellow": (250, 240, 110),
+         "purple": (120, 40, 150), "orange": (220, 110, 50), "cyan": (90, 230, 250), "pink": (250, 160, 210)},
+        "edges", (200, 200, 255), grid=True),
+    "lab": Environment(
+        "lab", (20, 30, 70),
+        {"red": (240, 70, 60), "green": (60, 170, 90), "blue": (90, 130, 250), "yellow": (255, 230, 80),
+         "purple": (170, 90, 230), "orange": (255, 160, 60), "cyan": (80, 230, 200), "pink": (255, 140, 170)},
+        "row", (255, 255, 255)),
+}
+
+
+def slot_centres(layout: str, size: int) -> list[tuple[float, float]]:
+    """(x, y) centres of the four marker/button slots for a ``size`` x ``size`` frame."""
+    m = size * 0.14
+    lo, mid, hi = m, size / 2, size - m
+    if layout == "corners":
+        return [(lo, lo), (hi, lo), (lo, hi), (hi, hi)]
+    if layout == "edges":
+        return [(mid, lo), (hi, mid), (mid, hi), (lo, mid)]
+    if layout == "row":
+        return [(size * (0.2 + 0.2 * k), hi) for k in range(4)]
+    raise ValueError(f"unknown layout {layout!r}")
+
+
+def _square(frame: np.ndarray, cx: float, cy: float, half: int, color: tuple[int, int, int]) -> None:
+    h, w = frame.shape[:2]
+    x0, y0 = max(0, round(cx) - half), max(0, round(cy) - half)
+    frame[y0 : min(h, round(cy) + half), x0 : min(w, round(cx) + half)] = color
+
+
+def _canvas(env: Environment, size: int) -> np.ndarray:
+    frame = np.empty((size, size, 3), dtype=np.uint8)
+    frame[:] = env.background
+    if env.grid:
+        shade = tuple(min(255, c + 18) for c in env.background)
+        frame[:: max(4, size // 8)] = shade
+        frame[:, :: max(4, size // 8)] = shade
+    return frame
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Everything the generator knows about one sample; ``truth`` is the answer colour."""
+
+    task: str
+    variant: str
+    env: str
+    colors: tuple[str, str, str, str]  # colour in slot 0..3
+    truth: str
+    frames: np.ndarray  # (T, S, S, 3) uint8
+    track: list[list[float]]  # target: agent (x, y) per frame; lamp: [] (see lamp_colors)
+    lamp_colors: list[str]
+
+    def metadata(self) -> dict:
+        return {"task": self.task, "variant": self.variant, "env": self.env, "slot_colors": list(self.colors),
+                "truth": self.truth, "agent_track": self.track, "lamp_colors": self.lamp_colors}
+
+
+def pick_colors(rng: np.random.Generator, variant: str) -> tuple[str, str, str, str]:
+    pool = BASE_COLORS if variant == "fixed" else BASE_COLORS + EXTRA_COLORS
+    return tuple(str(c) for c in rng.choice(pool, size=4, replace=False))  # type: ignore[return-value]
+
+
+def render_target(rng: np.random.Generator, env: Environment, variant: str, *, size: int, frames: int) -> Scene:
+    """An agent walks from the centre toward the marker in a random slot."""
+    colors = pick_colors(rng, variant)
+    slots = slot_centres(env.layout, size)
+    goal = int(rng.integers(4))
+    reach = float(rng.uniform(0.55, 0.75))
+    start = np.array([size / 2, size / 2]) + rng.uniform(-2, 2, size=2)
+    end = start + reach * (np.array(slots[goal]) - start)
+    half_marker, half_agent = max(3, size // 12), max(2, size // 16)
+    out = np.empty((frames, size, size, 3), dtype=np.uint8)
+    track = []
+    for t in range(frames):
+        frame = _canvas(env, size)
+        for (cx, cy), color in zip(slots, colors, strict=True):
+            _square(frame, cx, cy, half_marker, env.palette[color])
+        pos = start + (end - start) * (t / max(1, frames - 1))
+        _square(frame, pos[0], pos[1], half_agent, env.agent)
+        track.append([round(float(pos[0]), 2), round(float(pos[1]), 2)])
+        out[t] = frame
+    return Scene("target", variant, env.name, colors, colors[goal], out, track, [])
+
+
+def render_lamp(rng: np.random.Generator, env: Environment, variant: str, *, size: int, frames: int) -> Scene:
+    """A lamp cycles through the button colours at random; the last colour is the answer."""
+    colors = pick_colors(rng, variant)
+    slots = slot_centres(env.layout, size)
+    lamp = [str(colors[int(k)]) for k in rng.integers(4, size=frames)]
+    half_button, half_lamp = max(3, size // 12), max(4, size // 7)
+    out = np.empty((frames, size, size, 3), dtype=np.uint8)
+    for t in range(frames):
+        frame = _canvas(env, size)
+        for (cx, cy), color in zip(slots, colors, strict=True):
+            _square(frame, cx, cy, half_button, env.palette[color])
+        _square(frame, size / 2, size * 0.4, half_lamp, env.palette[lamp[t]])
+        out[t] = frame
+    return Scene("lamp", variant, env.name, colors, lamp[-1], out, [], lamp)
+
+
+RENDERERS = {"target": render_target, "lamp": render_lamp}
+
+QUESTIONS = {
+    "target": "What should I do next to collect the marker the agent is walking to?",
+    "lamp": "What should I do next to press the button that matches the lamp?",
+}
+
+
+def option_text(task: str, color: str) -> str:
+    """>>> option_text("target", "red")
+    'pick up the red marker'
+    """
+    return f"pick up the {color} marker" if task == "target" else f"press the {color} button"
+
+
+def reasoning_text(task: str, color: str) -> str:
+    """The CoT: names the perceived step before the answer (the letter is added when the options are known)."""
+    if task == "target":
+        return f"The agent walks to the {color} marker."
+    return f"The lamp shows {color} now."

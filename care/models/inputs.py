@@ -1,0 +1,167 @@
+"""The one place that turns prompts + decoded frames (+ completions) into model tensors.
+
+Rollouts, scoring, SFT and evaluation all call these, so a prompt is tokenised and positioned identically
+everywhere. Shape legend: b = batch, p = prompt tokens (left-padded), c = completion tokens (right-padded),
+v = vocabulary, n = patches.
+
+Layout of a prompt+completion batch::
+
+    [pad pad <prompt tokens ...> | <completion tokens ...> pad pad]
+     <------------- p ---------->   <-------------- c ----------->
+
+This is exactly what ``generate`` sees (left-padded prompt, then new tokens appended), so the M-RoPE position
+ids the model derives from ``attention_mask`` match those used while sampling, and the logits of the completion
+equal the per-sample unpadded ones (tested). ``second_per_grid_ts`` is set from the real sampled frame rate:
+the processor assumes 24 fps for pre-decoded frames, which would compress the temporal positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import BatchFeature
+
+PER_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    """One prompt: chat messages (``care.algo.prompt.build_messages``) and its visual inputs.
+
+    ``video``: uint8 (T, H, W, 3), already sampled and resized, or None. ``image``: uint8 (H, W, 3) or None.
+    The messages must hold a ``{"type": "video"}`` item iff ``video`` is given (same for the image).
+    """
+
+    messages: list[dict]
+    video: np.ndarray | None = None
+    image: np.ndarray | None = None
+
+
+def _item(obj: PromptItem | Mapping[str, Any]) -> PromptItem:
+    if isinstance(obj, PromptItem):
+        return obj
+    return PromptItem(messages=obj["messages"], video=obj.get("video"), image=obj.get("image"))
+
+
+def _count_placeholders(messages: list[dict], kind: str) -> int:
+    return sum(1 for m in messages if not isinstance(m["content"], str)
+               for c in m["content"] if c.get("type") == kind)
+
+
+def _fps_list(fps: float | Sequence[float | None], n: int) -> list[float | None]:
+    if isinstance(fps, int | float):
+        return [float(fps)] * n
+    if len(fps) != n:
+        raise ValueError(f"fps has {len(fps)} values for {n} items")
+    return list(fps)
+
+
+def encode_prompts(processor, items: Sequence[PromptItem | Mapping[str, Any]], *,
+                   fps: float | Sequence[float | None]) -> BatchFeature:
+    """Left-padded prompt batch for ``generate`` (ends with the assistant turn's header).
+
+    ``fps``: the sampling rate of the video frames (one value, or one per item; ignored for items without a
+    video). Returns input_ids / attention_mask / mm_token_type_ids (b, p), pixel_values (n_img, d) and
+    image_grid_thw (n_images, 3) when there are images, pixel_values_videos / video_grid_thw /
+    second_per_grid_ts (n_videos,) when there are videos.
+    """
+    items = [_item(i) for i in items]
+    rates = _fps_list(fps, len(items))
+    texts, videos, images, video_fps = [], [], [], []
+    for k, item in enumerate(items):
+        for kind, value in (("video", item.video), ("image", item.image)):
+            expected = 0 if value is None else 1
+            if _count_placeholders(item.messages, kind) != expected:
+                raise ValueError(f"item {k}: messages have {_count_placeholders(item.messages, kind)} {kind} "
+                                 f"placeholders but {expected} {kind} input(s) were given")
+        texts.append(processor.apply_chat_template(item.messages, add_generation_prompt=True, tokenize=False))
+        if item.video is not None:
+            if rates[k] is None or rates[k] <= 0:
+                raise ValueError(f"item {k}: a video needs a positive fps, got {rates[k]}")
+            videos.append(np.asarray(item.video))
+            video_fps.append(rates[k])
+        if item.image is not None:
+            images.append(np.asarray(item.image))
+    enc = processor(
+        text=texts, videos=videos or None, images=images or None, padding=True, padding_side="left",
+        return_tensors="pt", videos_kwargs={"do_sample_frames": False},
+    )
+    if videos:
+        # the processor reports temporal_patch_size / 24 fps for pre-decoded frames; use the real rate
+        tps = processor.video_processor.temporal_patch_size
+        enc["second_per_grid_ts"] = torch.tensor([tps / r for r in video_fps], dtype=torch.float32)
+    return enc
+
+
+def encode_prompt_completions(processor, items: Sequence[PromptItem | Mapping[str, Any]],
+                              completion_ids: Sequence[Sequence[int] | torch.Tensor], *,
+                              fps: float | Sequence[float | None]) -> BatchFeature:
+    """``[left-padded prompt | right-padded completion]`` for scoring and training.
+
+    ``completion_ids[i]``: the tokens of completion i as sampled (up to and including its EOS; no padding).
+    Adds to the prompt batch: input_ids / attention_mask / mm_token_type_ids (b, p + c),
+    ``completion_ids`` (b, c), ``completion_mask`` (b, c) (1 on real completion tokens) and
+    ``prompt_length`` (an int, p). Completion token j of row i is predicted by logits[i, p - 1 + j].
+    """
+    if len(completion_ids) != len(items):
+        raise ValueError(f"{len(completion_ids)} completions for {len(items)} prompts")
+    enc = encode_prompts(processor, items, fps=fps)
+    pad = processor.tokenizer.pad_token_id
+    rows = [torch.as_tensor(ids, dtype=torch.long).flatten() for ids in completion_ids]
+    width = max((len(r) for r in rows), default=0)
+    comp = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        comp[i, : len(r)] = r
+        mask[i, : len(r)] = 1
+    prompt_length = enc["input_ids"].shape[1]
+    enc["input_ids"] = torch.cat([enc["input_ids"], comp], dim=1)
+    enc["attention_mask"] = torch.cat([enc["attention_mask"], mask.to(enc["attention_mask"].dtype)], dim=1)
+    if "mm_token_type_ids" in enc:  # completions are text (type 0)
+        tt = enc["mm_token_type_ids"]
+        enc["mm_token_type_ids"] = torch.cat([tt, torch.zeros((len(rows), width), dtype=tt.dtype)], dim=1)
+    enc["completion_ids"] = comp
+    enc["completion_mask"] = mask
+    enc["prompt_length"] = prompt_length
+    return enc
+
+
+def model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of a batch the model's forward takes (drops completion_ids/mask and prompt_length)."""
+    return {k: v for k, v in batch.items() if k not in ("completion_ids", "completion_mask", "prompt_length")}
+
+
+def completion_logits(model, batch: Mapping[str, Any]) -> torch.Tensor:
+    """Logits predicting each completion token: (b, c, v). Position j is the distribution of completion[:, j]."""
+    p = batch["prompt_length"]
+    out = model(**model_inputs(batch), use_cache=False)
+    return out.logits[:, p - 1 : -1, :]
+
+
+def completion_logprobs(model, batch: Mapping[str, Any], *, temperature: float = 1.0) -> torch.Tensor:
+    """Log-probability of every completion token under ``model``: (b, c); zero where ``completion_mask`` is 0.
+
+    ``temperature`` divides the logits first, matching the distribution the tokens were sampled from.
+    """
+    logits = completion_logits(model, batch).float() / temperature
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
+    return logp * batch["completion_mask"]
+
+
+def split_completions(sequences: torch.Tensor, prompt_length: int, eos_token_id: int | Sequence[int]
+                      ) -> list[list[int]]:
+    """Cut ``generate`` output (b, p + n) into per-row completion ids, each ending at its first EOS (kept).
+
+    >>> split_completions(torch.tensor([[9, 9, 5, 2, 0], [9, 9, 5, 6, 7]]), 2, 2)
+    [[5, 2], [5, 6, 7]]
+    """
+    eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
+    result = []
+    for row in sequences[:, prompt_length:].tolist():
+        cut = next((j + 1 for j, t in enumerate(row) if t in eos), len(row))
+        result.append(row[:cut])
+    return result

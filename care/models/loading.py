@@ -1,0 +1,107 @@
+"""Load a vision-language model and its processor through ``from_pretrained``, local folder or hub id.
+
+The tiny offline model and ``Qwen/Qwen2.5-VL-7B-Instruct`` take the same path: only the ``path`` differs.
+A local folder is checked first so a missing file gives one clear line instead of a hub lookup traceback.
+Also here: the token ids generation must never sample (vision placeholders and the other special tokens).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from care.errors import CareError
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_pad|>")
+
+
+class ModelLoadError(CareError):
+    """A model folder is missing, incomplete, or cannot be loaded; the message names the folder and file."""
+
+
+def _local_folder(path: str | Path) -> Path | None:
+    """The folder when ``path`` names a local one; None for a hub id like ``Qwen/Qwen2.5-VL-7B-Instruct``."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return p
+    text = str(path)
+    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and not p.suffix
+    if looks_like_hub_id:
+        return None
+    raise ModelLoadError(f"model folder {p} does not exist; make one with `care models tiny {p}` or give a hub id")
+
+
+def _require(folder: Path, names: tuple[str, ...], what: str) -> None:
+    if not any((folder / n).is_file() for n in names):
+        raise ModelLoadError(f"{folder}: no {what} file (expected {' or '.join(names)}); "
+                             "the folder must come from save_pretrained")
+
+
+def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    try:
+        value = getattr(torch, dtype)
+    except AttributeError:
+        value = None
+    if not isinstance(value, torch.dtype):
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or auto")
+    return value
+
+
+def load_model(path: str | Path, *, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu"):
+    """``AutoModelForImageTextToText.from_pretrained(path)`` in eval mode on ``device``.
+
+    ``dtype``: None keeps float32 (right for CPU); "bfloat16" / torch.bfloat16 / "auto" for GPU checkpoints.
+    """
+    folder = _local_folder(path)
+    if folder is not None:
+        _require(folder, ("config.json",), "config")
+        _require(folder, WEIGHT_FILES, "weights")
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=_dtype(dtype))
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot load model from {path}: {first}") from exc
+    return model.to(device).eval()
+
+
+def load_processor(path: str | Path):
+    """``AutoProcessor.from_pretrained(path)`` (tokenizer + image and video processors)."""
+    folder = _local_folder(path)
+    if folder is not None:
+        _require(folder, TOKENIZER_FILES, "tokenizer")
+        _require(folder, ("processor_config.json", "preprocessor_config.json"), "processor config")
+    try:
+        return AutoProcessor.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot load processor from {path}: {first}") from exc
+
+
+def _tokenizer(processor_or_tokenizer):
+    return getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
+
+
+def vision_token_ids(processor_or_tokenizer) -> list[int]:
+    """Ids of the vision placeholder tokens the vocabulary has (start/end, image/video/vision pads), sorted."""
+    tok = _tokenizer(processor_or_tokenizer)
+    vocab = tok.get_vocab()
+    return sorted(vocab[t] for t in VISION_TOKENS if t in vocab)
+
+
+def suppressed_token_ids(processor_or_tokenizer) -> list[int]:
+    """Ids generation must never sample: the vision placeholders and every special token except EOS.
+
+    A sampled placeholder would be read as an image/video slot when the completion is fed back (scoring,
+    policy update) and fail there; other specials (``<|im_start|>``, pad) are never a valid completion token.
+    Pass as ``generate(..., suppress_tokens=...)``.
+    """
+    tok = _tokenizer(processor_or_tokenizer)
+    eos = tok.eos_token_id
+    special = {i for i, added in tok.added_tokens_decoder.items() if added.special}
+    return sorted((special | set(vision_token_ids(tok))) - {eos})
