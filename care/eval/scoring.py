@@ -78,7 +78,7 @@ def level_accuracy(level: str, correct: Iterable[bool], confidence: float = 0.95
     return LevelAccuracy(level, n, k, k / n if n else math.nan, low, high, confidence)
 
 
-def _level_sort_key(level: str) -> tuple:
+def level_sort_key(level: str) -> tuple:
     # Natural order, so L2 comes before L10; the overall row goes last.
     parts = re.split(r"(\d+)", level)
     return (level == OVERALL_LEVEL, [int(p) if p.isdigit() else p for p in parts])
@@ -104,7 +104,7 @@ def accuracy_by_level(
     groups: dict[str, list[bool]] = {}
     for level, flag in zip(levels, correct, strict=True):
         groups.setdefault(level, []).append(bool(flag))
-    records = [level_accuracy(level, groups[level], confidence) for level in sorted(groups, key=_level_sort_key)]
+    records = [level_accuracy(level, groups[level], confidence) for level in sorted(groups, key=level_sort_key)]
     if include_overall:
         records.append(level_accuracy(OVERALL_LEVEL, correct, confidence))
     return records
