@@ -155,8 +155,10 @@ QUESTIONS = {
 
 
 def option_text(task: str, color: str) -> str:
-    """>>> option_text("target", "red")
-    'pick up the red marker'
+    """The option for acting on ``color`` in ``task``.
+
+    >>> option_text("target", "red"), option_text("lamp", "blue")
+    ('pick up the red marker', 'press the blue button')
     """
     return f"pick up the {color} marker" if task == "target" else f"press the {color} button"
 
