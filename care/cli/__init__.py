@@ -14,6 +14,8 @@ import typer
 
 from care.cli import data as data_cli
 from care.cli import models as models_cli
+from care.cli import preprocess as preprocess_cli
+from care.cli import sql as sql_cli
 from care.cli.common import CliState
 from care.errors import CareError
 from care.workspace import Workspace
@@ -38,6 +40,8 @@ def _global_options(
 
 app.add_typer(models_cli.app, name="models", help="Make and inspect models (e.g. the tiny offline Qwen2.5-VL).")
 app.add_typer(data_cli.app, name="data", help="Generate and validate datasets (e.g. the demo benchmark).")
+app.command("preprocess")(preprocess_cli.preprocess_command)
+app.command("sql")(sql_cli.sql_command)
 
 
 def main(argv: list[str] | None = None) -> None:
