@@ -143,3 +143,30 @@ def test_hard_share_controls_the_variant_mix(larger_demo):
         frozenset(option_text("target", c) for c in ("red", "green", "blue", "yellow"))}
     manifest = json.loads((larger_demo / "demo_manifest.json").read_text())
     assert manifest["codec"] == "libx264" and manifest["counts"]["train"] == 600
+
+
+def test_cli_demo_and_validate(tmp_path, capsys):
+    from care.cli import main
+
+    out = tmp_path / "bench"
+    main(["--json", "data", "demo", str(out), "--train", "5", "--val", "3", "--seed", "2"])
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["data_root"] == str(out.resolve())
+    assert payload["images"] == 5 + 3 * 3 and 0 < payload["videos"] <= payload["images"]
+    main(["data", "validate", str(out)])
+    text = capsys.readouterr().out
+    assert "train_cot" in text and "L3" in text
+    # a bad row: reported with file:line and reason, exit status 1, the good rows still counted
+    ann = out / "annotations" / "validation_L2.jsonl"
+    ann.write_text(ann.read_text() + "{oops\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["--json", "data", "validate", str(out)])
+    assert exc.value.code == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["splits"]["L2"]["samples"] == 3
+    assert report["splits"]["L2"]["rejects"] == [
+        f"{ann}:4: malformed JSON: Expecting property name enclosed in double quotes at column 2"]
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "validate", str(tmp_path / "nothing")])
+    assert exc.value.code == 2
+    assert "no annotation file found" in capsys.readouterr().err

@@ -140,3 +140,19 @@ def test_forward_and_generate_with_demo_video_and_image(tiny_model_dir, demo_roo
     assert not set(completion) & set(vision_token_ids(processor))
     assert not set(completion) & (set(suppressed))
     assert isinstance(processor.decode(completion), str)
+
+
+def test_cli_models_tiny(tmp_path, capsys):
+    from care.cli import main
+
+    main(["--json", "models", "tiny", str(tmp_path / "m"), "--seed", "3"])
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["model_dir"] == str((tmp_path / "m").resolve()) and payload["generated_demo"] is False
+    # --data-root without annotations: a demo set is generated there and its text trains the tokenizer
+    # (small, so the test stays fast: the generator's defaults are exercised in test_demo_data)
+    from care.data.demo import make_demo_benchmark
+
+    make_demo_benchmark(tmp_path / "d", train=4, val=2)
+    main(["models", "tiny", str(tmp_path / "m2"), "--data-root", str(tmp_path / "d")])
+    assert f"wrote tiny Qwen2.5-VL to {tmp_path / 'm2'}" in capsys.readouterr().out
+    assert load_processor(tmp_path / "m2").tokenizer.eos_token == "<|im_end|>"

@@ -47,7 +47,8 @@ app.command("sql")(sql_cli.sql_command)
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; user errors become one line on stderr and exit status 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        # without standalone mode, click returns (not raises) the code of a `typer.Exit` inside a command
+        code = app(args=argv, standalone_mode=False)
     except CareError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(2)
@@ -63,3 +64,5 @@ def main(argv: list[str] | None = None) -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)
