@@ -170,3 +170,25 @@ def test_judge_config_builds_each_judge_and_rejects_bad_ones():
         validate_config(JudgeConfig, {"name": "vibes"}, "eval.yaml")
     with pytest.raises(ConfigError, match="threshold"):
         validate_config(JudgeConfig, {"threshold": 1.2}, "eval.yaml")
+
+
+def test_rule_judge_is_exact_on_every_demo_completion_shape():
+    """Every colour set, truth and answered letter of both demo task families, with the demo's own texts."""
+    from itertools import combinations
+
+    from care.data.demo_world import BASE_COLORS, EXTRA_COLORS, option_text, reasoning_text
+
+    judge, checked = RuleJudge(), 0
+    for task in ("target", "lamp"):
+        for colors in combinations(BASE_COLORS + EXTRA_COLORS, 4):
+            options = tuple(sorted(option_text(task, c) for c in colors))  # the validation files' order
+            for truth in colors:
+                truth_letter = "ABCD"[options.index(option_text(task, truth))]
+                think = reasoning_text(task, truth)
+                items = [JudgeItem(f"<think>{think}</think><answer>{letter}</answer>", options) for letter in "ABCD"]
+                items.append(JudgeItem(f"<think>{think} So {truth_letter}.</think><answer>{truth_letter}</answer>",
+                                       options))
+                verdicts = judge.judge(items)
+                assert [v.consistent for v in verdicts] == [letter == truth_letter for letter in "ABCD"] + [True]
+                checked += len(items)
+    assert checked == 2 * 70 * 4 * 5
