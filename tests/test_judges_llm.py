@@ -1,8 +1,8 @@
 """The llm judge against a real OpenAI-compatible HTTP server on 127.0.0.1 (stdlib http.server in a thread).
 
-The server's routes behave like a good judge, a garbage-talking one, a non-JSON one, a slow one and a broken
-one (HTTP 500). The good route really reads the prompt: it answers YES iff the reasoning ends with the letter of
-the final answer, so a wrong prompt would give wrong verdicts.
+The server's routes behave like a good judge, a garbage-talking one, a non-JSON one, a slow one, a broken one
+(HTTP 500) and one that hangs up mid-reply. The good route really reads the prompt: it answers YES iff the
+reasoning ends with the letter of the final answer, so a wrong prompt would give wrong verdicts.
 """
 
 from __future__ import annotations
@@ -68,6 +68,14 @@ class JudgeHandler(BaseHTTPRequestHandler):
             self._reply(200, self._completion("Well, the reasoning mostly supports it."))
         elif route == "notjson":
             self._reply(200, b"<html>proxy error</html>", "text/html")
+        elif route == "cutoff":  # promises more bytes than it sends, then hangs up
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b'{"choices": [')
+            self.wfile.flush()
+            self.close_connection = True
         elif route == "slow":
             time.sleep(SLOW_S)
             self._reply(200, self._completion("YES"))
@@ -138,6 +146,7 @@ def test_no_key_variable_means_no_authorization_header(server):
         ("garbage", "unparseable", "mostly supports"),
         ("notjson", "bad_response", "proxy error"),
         ("error", "http_error", "HTTP 500"),
+        ("cutoff", "connection_failed", "IncompleteRead"),
     ],
 )
 def test_bad_endpoints_leave_items_unjudged_with_the_reason(server, route, code, in_reason):

@@ -16,6 +16,7 @@ is direct (proxy environment variables are ignored), and ``timeout_s`` bounds ea
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -51,8 +52,8 @@ LLM_JUDGE_PROMPT = (
 
 VERDICT_PATTERN = re.compile(r"\s*(yes|no)\.?\s*", re.IGNORECASE)
 
-TIMEOUT, HTTP_ERROR, UNREACHABLE, BAD_RESPONSE, UNPARSEABLE, SKIPPED = (
-    "timeout", "http_error", "unreachable", "bad_response", "unparseable", "skipped",
+TIMEOUT, HTTP_ERROR, UNREACHABLE, CONNECTION_FAILED, BAD_RESPONSE, UNPARSEABLE, SKIPPED = (
+    "timeout", "http_error", "unreachable", "connection_failed", "bad_response", "unparseable", "skipped",
 )
 
 
@@ -83,6 +84,13 @@ def parse_verdict(text: str) -> bool | None:
     """
     match = VERDICT_PATTERN.fullmatch(text)
     return None if match is None else match.group(1).lower() == "yes"
+
+
+def _error_body(exc: urllib.error.HTTPError) -> str:
+    try:
+        return exc.read()[:120].decode(errors="replace").strip()
+    except (OSError, http.client.HTTPException):
+        return "(no body)"
 
 
 def build_judge_messages(question: str, options: Sequence[str], reasoning: str, answer: str) -> list[dict]:
@@ -133,16 +141,15 @@ class LLMJudge:
         try:
             raw = self._post(messages)
         except urllib.error.HTTPError as exc:
-            detail = exc.read()[:120].decode(errors="replace").strip()
-            return self._failed(HTTP_ERROR, f"endpoint answered HTTP {exc.code}: {detail}")
+            return self._failed(HTTP_ERROR, f"endpoint answered HTTP {exc.code}: {_error_body(exc)}")
         except TimeoutError:
             return self._failed(TIMEOUT, f"no reply within {self.config.timeout_s} s")
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, TimeoutError):
                 return self._failed(TIMEOUT, f"no connection within {self.config.timeout_s} s")
             return self._failed(UNREACHABLE, f"endpoint unreachable: {exc.reason}")
-        except OSError as exc:  # connection reset mid-reply and the like
-            return self._failed(UNREACHABLE, f"connection failed: {exc}")
+        except (OSError, http.client.HTTPException) as exc:  # reset or cut off mid-reply, and the like
+            return self._failed(CONNECTION_FAILED, f"connection failed: {exc!r}")
         with self._lock:
             self._failures_in_row = 0
         try:
