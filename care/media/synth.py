@@ -36,11 +36,12 @@ def frame_marker(frame: np.ndarray) -> int:
 
 def write_video(path: str | os.PathLike, n_frames: int = 24, height: int = 48, width: int = 64,
                 fps: int = 8, codec: str | None = None, pix_fmt: str | None = None,
-                garble_from: int | None = None) -> Path:
+                garble_from: int | None = None, texture: bool = False) -> Path:
     """Encode ``n_frames`` synthetic frames; the container follows the suffix.
 
     ``garble_from``: replace the bytes of every packet from that one on with noise (a file whose container is
-    intact but whose frames cannot be decoded from there).
+    intact but whose frames cannot be decoded from there). ``texture``: add a drifting noise pattern, so the
+    frames compress like camera footage rather than flat colour (for benchmarks).
     """
     path = Path(path)
     default_codec, default_pix = CODECS.get(path.suffix.lstrip("."), ("libx264", "yuv420p"))
@@ -58,8 +59,13 @@ def write_video(path: str | os.PathLike, n_frames: int = 24, height: int = 48, w
                 container.mux(packet)
                 muxed += 1
 
+        noise = rng.integers(0, 48, (height, 2 * width, 3), dtype=np.uint8) if texture else None
         for i in range(n_frames):
-            mux(stream.encode(av.VideoFrame.from_ndarray(synthetic_frame(i, height, width), format="rgb24")))
+            frame = synthetic_frame(i, height, width)
+            if noise is not None:
+                shift = (2 * i) % width
+                frame = np.clip(frame.astype(np.int16) + noise[:, shift:shift + width], 0, 255).astype(np.uint8)
+            mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         mux(stream.encode())
     return path
 
