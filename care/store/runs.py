@@ -1,0 +1,140 @@
+"""Catalog tables of training runs: ``runs``, ``stages``, ``checkpoints``, ``metrics``, and the ``rollouts`` view.
+
+Every write is an upsert on the table's natural key, so a re-run of a stage (after a crash, a retry or a cache
+hit) replaces its rows instead of duplicating them:
+
+- ``runs``        (run_id): kind, config JSON, git revision, status, timings
+- ``stages``      (run_id, iteration, stage): status, attempts, cache hit, seconds, cache key, output
+- ``checkpoints`` (run_id, name): path, optimizer step, iteration
+- ``metrics``     (run_id, step, name): value, stage
+
+The ``rollouts`` view joins the generated and scored Parquet shards of every run on ``rollout_uid``; like
+``frames`` it is (re)created once files exist, because DuckDB binds a view's files when it is created.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from care.store.catalog import connect, execute, executemany, register_schema
+
+RUNS_DDL = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, config JSON, git_revision VARCHAR,
+    status VARCHAR NOT NULL, created_at TIMESTAMP, updated_at TIMESTAMP, finished_at TIMESTAMP,
+    seconds DOUBLE, message VARCHAR
+)"""
+
+STAGES_DDL = """
+CREATE TABLE IF NOT EXISTS stages (
+    run_id VARCHAR NOT NULL, iteration INTEGER NOT NULL, stage VARCHAR NOT NULL, status VARCHAR NOT NULL,
+    attempts INTEGER, cache_hit BOOLEAN, seconds DOUBLE, cache_key VARCHAR, output VARCHAR, updated_at TIMESTAMP,
+    PRIMARY KEY (run_id, iteration, stage)
+)"""
+
+CHECKPOINTS_DDL = """
+CREATE TABLE IF NOT EXISTS checkpoints (
+    run_id VARCHAR NOT NULL, name VARCHAR NOT NULL, path VARCHAR NOT NULL, step INTEGER, iteration INTEGER,
+    created_at TIMESTAMP, PRIMARY KEY (run_id, name)
+)"""
+
+METRICS_DDL = """
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id VARCHAR NOT NULL, step INTEGER NOT NULL, name VARCHAR NOT NULL, value DOUBLE, stage VARCHAR,
+    PRIMARY KEY (run_id, step, name)
+)"""
+
+register_schema("runs", [RUNS_DDL, STAGES_DDL, CHECKPOINTS_DDL, METRICS_DDL])
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def git_revision(cwd: str | os.PathLike | None = None) -> str | None:
+    """The source tree's commit (with ``-dirty`` when modified), or None outside a git checkout."""
+    here = Path(cwd) if cwd else Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=here,
+                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev or None
+
+
+def start_run(run_id: str, *, kind: str, config: Mapping[str, Any], path=None) -> None:
+    """Create the run row, or mark an existing one running again (resume) keeping its creation time."""
+    now = _now()
+    with connect(path) as con:
+        con.execute(
+            """INSERT INTO runs (run_id, kind, config, git_revision, status, created_at, updated_at)
+               VALUES (?, ?, ?, ?, 'running', ?, ?)
+               ON CONFLICT (run_id) DO UPDATE SET status = 'running', updated_at = excluded.updated_at,
+                   config = excluded.config, git_revision = excluded.git_revision, message = NULL""",
+            [run_id, kind, json.dumps(dict(config), default=str), git_revision(), now, now],
+        )
+
+
+def finish_run(run_id: str, *, status: str, message: str | None = None, path=None) -> None:
+    now = _now()
+    execute(
+        """UPDATE runs SET status = ?, message = ?, updated_at = ?, finished_at = ?,
+               seconds = date_diff('millisecond', created_at, ?) / 1000.0 WHERE run_id = ?""",
+        [status, message, now, now, now, run_id], path=path,
+    )
+
+
+def record_stage(run_id: str, iteration: int, stage: str, *, status: str, attempts: int = 1,
+                 cache_hit: bool = False, seconds: float | None = None, cache_key: str | None = None,
+                 output: str | None = None, path=None) -> None:
+    execute(
+        """INSERT OR REPLACE INTO stages (run_id, iteration, stage, status, attempts, cache_hit, seconds,
+               cache_key, output, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        [run_id, iteration, stage, status, attempts, cache_hit, seconds, cache_key, output, _now()], path=path,
+    )
+
+
+def record_checkpoint(run_id: str, name: str, ckpt_path: str, *, step: int, iteration: int, path=None) -> None:
+    execute(
+        "INSERT OR REPLACE INTO checkpoints (run_id, name, path, step, iteration, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        [run_id, name, str(ckpt_path), step, iteration, _now()], path=path,
+    )
+
+
+def record_metrics(run_id: str, step: int, metrics: Mapping[str, float], *, stage: str | None = None,
+                   path=None) -> int:
+    """Upsert one value per metric name at ``step``; NaN/inf are stored as NULL (no value), not dropped."""
+    rows = []
+    for name, value in metrics.items():
+        v = float(value) if value is not None else None
+        rows.append((run_id, step, name, v if v is not None and math.isfinite(v) else None, stage))
+    return executemany("INSERT OR REPLACE INTO metrics (run_id, step, name, value, stage) VALUES (?, ?, ?, ?, ?)",
+                       rows, path=path)
+
+
+def refresh_rollouts_view(rollouts_root: str | os.PathLike, *, path=None) -> bool:
+    """(Re)create ``rollouts``: generated shards left-joined with their scores. False while none exist."""
+    root = Path(rollouts_root).resolve()
+    if not any(root.glob("run=*/iteration=*/generated.parquet")):
+        return False
+    gen = str(root / "run=*" / "iteration=*" / "generated.parquet").replace("'", "''")
+    scored = str(root / "run=*" / "iteration=*" / "scored.parquet").replace("'", "''")
+    has_scores = any(root.glob("run=*/iteration=*/scored.parquet"))
+    # paths, not values: DDL cannot bind parameters
+    if has_scores:
+        body = (f"SELECT g.*, s.* EXCLUDE (rollout_uid, run_id, iteration, \"group\", sample_index) "
+                f"FROM read_parquet('{gen}', hive_partitioning=false, union_by_name=true) g "
+                f"LEFT JOIN read_parquet('{scored}', hive_partitioning=false, union_by_name=true) s "
+                f"USING (rollout_uid)")
+    else:
+        body = f"SELECT * FROM read_parquet('{gen}', hive_partitioning=false, union_by_name=true)"
+    with connect(path) as con:
+        con.execute(f"CREATE OR REPLACE VIEW rollouts AS {body}")
+    return True
