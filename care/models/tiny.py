@@ -29,6 +29,7 @@ from transformers import (
     Qwen2VLImageProcessor,
     Qwen2VLVideoProcessor,
 )
+from transformers.utils import logging as hf_logging
 
 from care.models.tokenizer import (
     EOS_TOKEN,
@@ -139,7 +140,13 @@ def make_tiny_model(
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    model.save_pretrained(tmp, safe_serialization=True)
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # one tiny shard: a progress bar is noise in CLI output
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
     processor.save_pretrained(tmp)
     manifest = {"seed": seed, "hidden_size": hidden_size, "num_layers": num_layers, "num_heads": num_heads,
                 "num_kv_heads": num_kv_heads, "vision_hidden_size": vision_hidden_size,
