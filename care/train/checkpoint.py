@@ -254,3 +254,20 @@ def is_complete(folder: str | Path) -> bool:
     except (CheckpointError, OSError, ValueError, KeyError):
         return False
     return True
+
+
+def make_initial_checkpoint(model_path: str | Path, folder: str | Path) -> Path:
+    """Checkpoint 0 of a run: the starting model as policy and as reference (EMA starts from the policy).
+
+    Written once per run so every stage reads the same checkpoint layout, whatever the starting model was
+    (a tiny local model, an SFT checkpoint's policy, or a hub id on a GPU machine).
+    """
+    from care.models.loading import load_model, load_processor
+
+    folder = Path(folder)
+    if is_complete(folder):
+        return folder
+    policy = load_model(model_path)
+    reference = load_model(model_path)
+    return save_checkpoint(folder, policy=policy, reference=reference, processor=load_processor(model_path),
+                           state=TrainingState(step=0, iteration=0))

@@ -48,6 +48,16 @@ class ScoringConfig(StageConfig):
     reproduce_reference: bool = Field(False, description="Use the reference code's likelihood span and per-batch bonus.")
     scoring_batch_size: int = Field(16, ge=1, description="Rollouts per reference-model forward.")
 
+    @model_validator(mode="after")
+    def _bonus_matches_estimator(self) -> ScoringConfig:
+        # the grpo_care estimator is GRPO over rewards that include the bonus; any other estimator must not see it
+        if self.consistency_bonus != (self.advantage == "grpo_care"):
+            raise ValueError(
+                f"advantage={self.advantage!r} with consistency_bonus={self.consistency_bonus}: use advantage "
+                "'grpo_care' with the bonus, and 'grpo', 'dr_grpo' or 'rloo' without it"
+            )
+        return self
+
 
 class OptimConfig(StageConfig):
     learning_rate: float = Field(1e-6, gt=0, description="AdamW peak learning rate.")
@@ -89,16 +99,25 @@ class RLConfig(StageConfig):
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _algo_sets_bonus(cls, data):
+        # ``algo`` is the switch users reach for; the scoring stage only sees ScoringConfig, so mirror it there
+        # before the nested model validates (explicit scoring options still win and are checked there).
+        if isinstance(data, dict):
+            algo = data.get("algo", "grpo_care")
+            scoring = data.get("scoring") or {}
+            if isinstance(scoring, dict):
+                scoring = dict(scoring)
+                scoring.setdefault("consistency_bonus", algo == "grpo_care")
+                scoring.setdefault("advantage", "grpo_care" if algo == "grpo_care" else "grpo")
+                data = {**data, "scoring": scoring}
+        return data
+
     @model_validator(mode="after")
-    def _algo_sets_bonus(self) -> RLConfig:
-        # ``algo`` is the switch users reach for; the scoring stage only sees ScoringConfig, so mirror it there.
-        if self.algo == "grpo" and self.scoring.consistency_bonus:
-            update = {"consistency_bonus": False}
-            if self.scoring.advantage == "grpo_care":
-                update["advantage"] = "grpo"
-            object.__setattr__(self, "scoring", self.scoring.model_copy(update=update))
-        elif self.algo == "grpo_care" and not self.scoring.consistency_bonus:
-            raise ValueError("algo=grpo_care needs scoring.consistency_bonus=true (use algo=grpo for the baseline)")
+    def _algo_consistent(self) -> RLConfig:
+        if (self.algo == "grpo_care") != self.scoring.consistency_bonus:
+            raise ValueError(f"algo={self.algo} contradicts scoring.consistency_bonus={self.scoring.consistency_bonus}")
         return self
 
     @property

@@ -1,0 +1,231 @@
+"""The optimisation stage: GRPO / GRPO-CARE policy update over one scored generation batch, then the EMA.
+
+Shape legend: b = rollouts in a micro-batch, p = prompt tokens, c = completion tokens.
+
+What is on: ``steps_per_generation`` optimizer steps over the whole batch (1 = the reference code's single
+on-policy step with ratio exp(logp - logp.detach()); more = PPO clipped ratio against the behaviour log-probs
+stored by the rollout stage), micro-batches with gradient accumulation, AdamW, cosine or constant schedule with
+warm-up, grad-norm clipping, bf16 autocast on GPU, optional gradient checkpointing, the EMA (or frozen)
+reference update every ``ema_every`` optimizer steps. What is off by default: the KL term (GRPO-CARE has none).
+
+Data parallel: ``accelerate`` wraps a small module whose forward returns the token log-probs, so DDP sees
+the whole computation. Every micro-batch loss is weighted by its share of the *global* batch (sequences, or
+tokens for ``token_mean``) times the world size, so DDP's gradient average equals the one-process gradient
+of the same global batch (tested with torchrun). A non-finite loss or gradient norm skips the optimizer step
+(recorded in the metrics); it never reaches a checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import transformers
+from accelerate import Accelerator
+from torch import nn
+
+from care.algo.ema import ReferenceUpdater, unwrap_model
+from care.algo.likelihood import token_log_probs
+from care.algo.losses import policy_loss
+from care.data.schema import Sample
+from care.media.frame_cache import FrameCache
+from care.models.inputs import encode_prompt_completions, model_inputs
+from care.store.rollout_log import read_rows
+from care.train.checkpoint import TrainingState, load_checkpoint_state, read_training_state, save_checkpoint
+from care.train.config import OptimConfig
+from care.train.policy_io import default_device, load_policy, load_reference, resolve_dtype
+from care.train.rollout import completion_target_mask
+from care.train.samples import prompt_items
+
+
+class CompletionLogProbs(nn.Module):
+    """The policy's forward for training: per-token log-probs (and entropy) at completion positions only."""
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, inputs: Mapping[str, torch.Tensor], target_mask: torch.Tensor, temperature: float):
+        out = token_log_probs(self.policy, inputs, target_mask, temperature=temperature, with_entropy=True)
+        return out.logp, out.entropy
+
+
+def make_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=config.learning_rate, betas=tuple(config.betas),
+                             weight_decay=config.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, total_steps: int):
+    if config.lr_scheduler == "cosine":
+        return transformers.get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, max(total_steps, 1))
+    return transformers.get_constant_schedule_with_warmup(optimizer, config.warmup_steps)
+
+
+def load_scored_batch(generated_path: str | Path, scored_path: str | Path) -> list[dict]:
+    """Generated rows joined with their scores on ``rollout_uid``, in the generated order."""
+    scores = {r["rollout_uid"]: r for r in read_rows(Path(scored_path))}
+    rows = []
+    for r in read_rows(Path(generated_path)):
+        if r["rollout_uid"] not in scores:
+            raise ValueError(f"{scored_path}: no score for rollout {r['rollout_uid']}; re-run the scoring stage")
+        rows.append({**r, **scores[r["rollout_uid"]]})
+    return rows
+
+
+def _pad(rows: Sequence[Sequence[float]], width: int) -> torch.Tensor:
+    out = torch.zeros(len(rows), width, dtype=torch.float32)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.float32)
+    return out
+
+
+def _micro_batches(rows: list[dict], size: int) -> list[list[dict]]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def _shard_for_rank(rows: list[dict], rank: int, world: int, micro: int) -> list[dict]:
+    """This rank's contiguous slice; every rank gets the same number of rows (so the same micro-batch count)."""
+    if len(rows) % world:
+        raise ValueError(f"{len(rows)} rollouts cannot be split evenly over {world} processes; "
+                         "make prompts_per_iteration * group_size a multiple of num_processes")
+    per = len(rows) // world
+    return rows[rank * per : (rank + 1) * per]
+
+
+class _Accumulator:
+    """Weighted sums of per-micro-batch metrics, reduced over processes at the end of a step."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+
+    def add(self, metrics: Mapping[str, float], weight: float) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v) * weight
+
+    def reduce(self, accelerator: Accelerator, world: int) -> dict[str, float]:
+        if not self.sums:
+            return {}
+        names = sorted(self.sums)
+        t = torch.tensor([self.sums[n] for n in names], dtype=torch.float64, device=accelerator.device)
+        if world > 1:
+            t = accelerator.reduce(t, reduction="sum")
+        return {n: float(v) / world for n, v in zip(names, t.tolist(), strict=True)}
+
+
+def _micro_step(scorer, reference, processor, accelerator, rows, samples, cache, config, *, temperature,
+                max_new_tokens, weight_of, use_behaviour, world) -> tuple[torch.Tensor, dict[str, float], float]:
+    """Forward + backward of one micro-batch; returns (weighted loss, metrics, weight)."""
+    items, rates = prompt_items([samples[r["sample_id"]] for r in rows], cache)
+    batch = encode_prompt_completions(processor, items, [r["completion_ids"] for r in rows], fps=rates)
+    device = accelerator.device
+    inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in model_inputs(batch).items()}
+    target = completion_target_mask(batch).to(device)
+    p = batch["prompt_length"]
+    mask = batch["completion_mask"].bool().to(device)
+    with accelerator.autocast():
+        logp_full, entropy_full = scorer(inputs, target, temperature)
+    logp, entropy = logp_full[:, p:], entropy_full[:, p:]
+    width = mask.shape[1]
+    old = _pad([r["behaviour_logprobs"] for r in rows], width).to(device) if use_behaviour else None
+    ref_logp = None
+    if config.kl_beta > 0:
+        with torch.no_grad():
+            ref_logp = token_log_probs(reference, inputs, target, temperature=temperature).logp[:, p:]
+    adv = torch.tensor([r["advantage"] for r in rows], dtype=torch.float32, device=device)
+    out = policy_loss(logp, adv, mask, old_logp=old, ref_logp=ref_logp, eps_low=config.eps_low,
+                      eps_high=config.eps_high, kl_beta=config.kl_beta, kl_estimator=config.kl_estimator,
+                      aggregation=config.loss_aggregation, norm_length=max_new_tokens, entropy=entropy)
+    weight = weight_of(len(rows), int(mask.sum()))
+    loss = out.loss * weight * world
+    accelerator.backward(loss)
+    return out.loss.detach(), out.metrics, weight
+
+
+def optimise(*, checkpoint_in: str | Path, checkpoint_out: str | Path, rows: list[dict],
+             samples: Mapping[str, Sample], cache: FrameCache, config: OptimConfig, total_steps: int,
+             temperature: float, max_new_tokens: int, iteration: int, data_cursor: Mapping | None = None) -> dict:
+    """Run ``config.steps_per_generation`` optimizer steps over ``rows`` (the whole scored generation batch).
+
+    Works as one process or as one rank of ``torchrun``; rank 0 writes ``checkpoint_out``.
+    Returns {"steps": [...per-step metrics...], "checkpoint": path, "step": global optimizer step}.
+    """
+    started = time.perf_counter()
+    device = default_device()
+    dtype = resolve_dtype(config.precision, device)
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if dtype == torch.bfloat16 else "no")
+    world, rank = accelerator.num_processes, accelerator.process_index
+    policy, processor = load_policy(checkpoint_in, device=accelerator.device)
+    reference = load_reference(checkpoint_in, device=accelerator.device)
+    if config.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+        policy.config.use_cache = False
+    policy.train()
+    optimizer = make_optimizer(policy, config)
+    scheduler = make_scheduler(optimizer, config, total_steps)
+    has_optimizer = (Path(checkpoint_in) / "optimizer.safetensors").is_file()
+    state = (load_checkpoint_state(checkpoint_in, optimizer=optimizer if has_optimizer else None,
+                                   scheduler=scheduler if has_optimizer else None, restore_rng_state=False)
+             if has_optimizer else read_training_state(checkpoint_in))
+    scorer, optimizer = accelerator.prepare(CompletionLogProbs(policy), optimizer)
+    updater = ReferenceUpdater(mode=config.ref_mode, decay=config.ema_decay, every=config.ema_every)
+
+    n_global = len(rows)
+    t_global = sum(len(r["completion_ids"]) for r in rows)
+    by_tokens = config.loss_aggregation == "token_mean"
+
+    def weight_of(n_rows: int, n_tokens: int) -> float:
+        return n_tokens / t_global if by_tokens else n_rows / n_global
+
+    local = _shard_for_rank(rows, rank, world, config.micro_batch_size)
+    micro = _micro_batches(local, config.micro_batch_size)
+    use_behaviour = config.steps_per_generation > 1
+    step, ema_updates, skipped = state.step, int(state.extra.get("ema_updates", 0)), int(state.extra.get("skipped_steps", 0))
+    history = []
+    for _ in range(config.steps_per_generation):
+        t0 = time.perf_counter()
+        acc = _Accumulator()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+        for j, mb in enumerate(micro):
+            sync = j == len(micro) - 1
+            with nullcontext() if sync else accelerator.no_sync(scorer):
+                loss, metrics, w = _micro_step(scorer, reference, processor, accelerator, mb, samples, cache, config,
+                                               temperature=temperature, max_new_tokens=max_new_tokens,
+                                               weight_of=weight_of, use_behaviour=use_behaviour, world=world)
+            loss_sum += loss.double() * w * world
+            acc.add(metrics, w * world)
+        grad_norm = accelerator.clip_grad_norm_(scorer.parameters(), config.max_grad_norm)
+        grad_norm = float(grad_norm)
+        loss_value = float(accelerator.reduce(loss_sum, reduction="sum")) / world if world > 1 else float(loss_sum)
+        lr = scheduler.get_last_lr()[0]
+        finite = math.isfinite(grad_norm) and math.isfinite(loss_value)
+        if finite:
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if updater.maybe_update(reference, unwrap_model(scorer).policy, step):
+                ema_updates += 1
+        else:
+            skipped += 1
+        optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - t0
+        history.append({"step": step, "loss": loss_value, "grad_norm": grad_norm, "learning_rate": lr,
+                        "skipped_nonfinite": 0.0 if finite else 1.0, "ema_updates": float(ema_updates),
+                        "tokens_per_second": t_global / seconds if seconds > 0 else math.nan,
+                        "update_seconds": seconds, **acc.reduce(accelerator, world)})
+    out_path = None
+    if accelerator.is_main_process:
+        policy_module = unwrap_model(scorer).policy
+        policy_module.eval()
+        new_state = TrainingState(step=step, iteration=iteration + 1, data_cursor=dict(data_cursor or {}),
+                                  extra={"ema_updates": ema_updates, "skipped_steps": skipped})
+        out_path = str(save_checkpoint(checkpoint_out, policy=policy_module, reference=reference, processor=processor,
+                                       optimizer=optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+                                       scheduler=scheduler, state=new_state))
+    accelerator.wait_for_everyone()
+    return {"steps": history, "checkpoint": out_path or str(checkpoint_out), "step": step,
+            "seconds": time.perf_counter() - started}

@@ -1,0 +1,106 @@
+"""The rollout stage: G completions per prompt from the current policy, written as a Parquet shard.
+
+Reads frames only from the frame cache. For each chunk of ``generation_batch_prompts`` prompts: encode the
+prompts, sample G completions each (seeded per chunk from the run seed and iteration, so a re-run samples the
+same tokens), then compute the behaviour log-probs with one forward pass that applies the LM head only at
+completion positions (``care.algo.likelihood.token_log_probs``, the same function the update uses).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from care.algo.likelihood import token_log_probs
+from care.algo.prompt import PROMPT_VERSION
+from care.data.schema import Sample
+from care.media.frame_cache import FrameCache
+from care.models.generation import Decoding, sample_completions
+from care.models.inputs import encode_prompt_completions, encode_prompts, model_inputs
+from care.models.loading import suppressed_token_ids
+from care.store.rollout_log import GENERATED_FILE, GENERATED_SCHEMA, rollout_uid, write_rows_atomic
+from care.train.config import RolloutConfig
+from care.train.policy_io import checkpoint_id, load_policy
+from care.train.samples import prompt_items
+
+
+def chunk_seed(seed: int, iteration: int, chunk: int) -> int:
+    """A distinct, reproducible sampling seed per (run seed, iteration, chunk)."""
+    return (seed * 1_000_003 + iteration * 10_007 + chunk) % (2**63 - 1)
+
+
+def completion_target_mask(batch) -> torch.Tensor:
+    """[b, p + c] bool marking the completion tokens of an ``encode_prompt_completions`` batch."""
+    b, p = batch["input_ids"].shape[0], batch["prompt_length"]
+    return torch.cat([torch.zeros(b, p, dtype=torch.bool), batch["completion_mask"].bool()], dim=1)
+
+
+@torch.no_grad()
+def behaviour_logprobs(model, processor, items, rates, completion_ids, *, temperature: float) -> list[list[float]]:
+    """Log-probs of each sampled token under ``model`` (the behaviour policy), one list per completion."""
+    batch = encode_prompt_completions(processor, items, completion_ids, fps=rates)
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in model_inputs(batch).items()}
+    mask = completion_target_mask(batch).to(device)
+    logp = token_log_probs(model, inputs, mask, temperature=temperature).logp[:, batch["prompt_length"]:]
+    return [logp[i, : len(ids)].tolist() for i, ids in enumerate(completion_ids)]
+
+
+def run_rollout_stage(*, run_id: str, iteration: int, checkpoint: str | Path, samples: Sequence[Sample],
+                      cache: FrameCache, config: RolloutConfig, seed: int, out_dir: str | Path) -> dict:
+    """Sample ``config.group_size`` completions for each of ``samples``; write ``generated.parquet``.
+
+    Returns a small manifest: the shard path, row count and timings.
+    """
+    if config.backend != "hf":
+        from care.models.vllm_backend import run_vllm_rollouts  # GPU only, separate environment
+
+        return run_vllm_rollouts(run_id=run_id, iteration=iteration, checkpoint=checkpoint, samples=samples,
+                                 cache=cache, config=config, seed=seed, out_dir=out_dir)
+    started = time.perf_counter()
+    model, processor = load_policy(checkpoint)
+    tokenizer = processor.tokenizer
+    device = next(model.parameters()).device
+    s = config.sampling
+    decoding = Decoding(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_new_tokens=s.max_new_tokens)
+    suppress = suppressed_token_ids(processor)
+    ckpt = checkpoint_id(checkpoint)
+    rows: list[dict] = []
+    step = config.generation_batch_prompts
+    for chunk, start in enumerate(range(0, len(samples), step)):
+        group = list(samples[start : start + step])
+        t0 = time.perf_counter()
+        items, rates = prompt_items(group, cache)
+        enc = encode_prompts(processor, items, fps=rates)
+        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in enc.items()}
+        completions = sample_completions(
+            model, inputs, tokenizer, group_size=config.group_size, decoding=decoding,
+            seed=chunk_seed(seed, iteration, chunk), eos_token_ids=[tokenizer.eos_token_id],
+            pad_token_id=tokenizer.pad_token_id, suppress_token_ids=suppress,
+        )
+        expanded = [items[c.prompt_index] for c in completions]
+        expanded_rates = [rates[c.prompt_index] for c in completions]
+        logps = behaviour_logprobs(model, processor, expanded, expanded_rates, [c.token_ids for c in completions],
+                                   temperature=s.temperature)
+        seconds = (time.perf_counter() - t0) / max(len(completions), 1)
+        prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
+        for c, lp in zip(completions, logps, strict=True):
+            sample = group[c.prompt_index]
+            g = start + c.prompt_index
+            rows.append({
+                "rollout_uid": rollout_uid(run_id, iteration, g, c.sample_index), "run_id": run_id,
+                "iteration": iteration, "group": g, "sample_index": c.sample_index,
+                "sample_id": sample.sample_id, "split": sample.split, "gold": sample.answer,
+                "options": list(sample.options), "question": sample.question, "prompt_version": PROMPT_VERSION,
+                "policy_checkpoint": ckpt, "backend": "hf", "seed": chunk_seed(seed, iteration, chunk),
+                "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k,
+                "max_new_tokens": s.max_new_tokens, "prompt_tokens": int(prompt_tokens[c.prompt_index]),
+                "completion_tokens": len(c.token_ids), "truncated": c.truncated, "completion": c.text,
+                "completion_ids": list(c.token_ids), "behaviour_logprobs": lp, "generation_seconds": seconds,
+            })
+    path = write_rows_atomic(Path(out_dir) / GENERATED_FILE, rows, GENERATED_SCHEMA)
+    return {"path": str(path), "rows": len(rows), "prompts": len(samples), "seconds": time.perf_counter() - started,
+            "completion_tokens": sum(r["completion_tokens"] for r in rows)}
