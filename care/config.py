@@ -47,7 +47,7 @@ def validate_config(model: type[M], data: dict[str, Any], source: str = "<config
 
 
 def load_config(model: type[M], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> M:
-    """Load ``model`` from a YAML file (optional), then apply ``overrides`` (top-level keys)."""
+    """Load ``model`` from a YAML file (optional), then merge ``overrides`` (nested dict, see parse_overrides)."""
     data: dict[str, Any] = {}
     source = "<defaults>"
     if path is not None:
@@ -62,5 +62,50 @@ def load_config(model: type[M], path: str | Path | None = None, overrides: dict[
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of option: value at the top level")
         data.update(loaded)
-    data.update(overrides or {})
+    data = deep_merge(data, overrides or {})
     return validate_config(model, data, source)
+
+
+def parse_overrides(assignments: list[str] | None) -> dict[str, Any]:
+    """``["optim.learning_rate=1e-4", "iterations=5"]`` -> nested dict; values are parsed as YAML scalars.
+
+    >>> parse_overrides(["optim.learning_rate=1e-4", "algo=grpo", "rollout.sampling.top_k=0"])
+    {'optim': {'learning_rate': 0.0001}, 'algo': 'grpo', 'rollout': {'sampling': {'top_k': 0}}}
+    """
+    out: dict[str, Any] = {}
+    for item in assignments or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE (e.g. optim.learning_rate=1e-4)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str) and _looks_numeric(value):
+            value = float(value)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def _looks_numeric(text: str) -> bool:
+    # YAML 1.1 reads "1e-4" (no dot) as a string; users mean a number
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``update`` into a copy of ``base``."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -15,6 +15,7 @@ import typer
 from care.cli import data as data_cli
 from care.cli import models as models_cli
 from care.cli import preprocess as preprocess_cli
+from care.cli import rl as rl_cli
 from care.cli import sql as sql_cli
 from care.cli.common import CliState
 from care.errors import CareError
@@ -42,6 +43,7 @@ app.add_typer(models_cli.app, name="models", help="Make and inspect models (e.g.
 app.add_typer(data_cli.app, name="data", help="Generate and validate datasets (e.g. the demo benchmark).")
 app.command("preprocess")(preprocess_cli.preprocess_command)
 app.command("sql")(sql_cli.sql_command)
+app.command("rl")(rl_cli.rl_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -271,3 +271,33 @@ def make_initial_checkpoint(model_path: str | Path, folder: str | Path) -> Path:
     reference = load_model(model_path)
     return save_checkpoint(folder, policy=policy, reference=reference, processor=load_processor(model_path),
                            state=TrainingState(step=0, iteration=0))
+
+
+def iteration_checkpoint_name(iteration: int) -> str:
+    """Name of the checkpoint after ``iteration`` completed iterations (``iter-00000`` is the starting model)."""
+    return f"iter-{iteration:05d}"
+
+
+def latest_complete(folder: str | Path, prefix: str = "iter-") -> tuple[int, Path] | None:
+    """(number, path) of the newest complete ``<prefix>NNNNN`` checkpoint in ``folder``, or None."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found = []
+    for p in folder.iterdir():
+        if p.name.startswith(prefix) and p.name[len(prefix):].isdigit() and is_complete(p):
+            found.append((int(p.name[len(prefix):]), p))
+    return max(found) if found else None
+
+
+def prune_checkpoints(folder: str | Path, keep: int, prefix: str = "iter-") -> list[Path]:
+    """Delete all but the newest ``keep`` complete checkpoints (0 keeps all); returns what was removed."""
+    if keep <= 0:
+        return []
+    folder = Path(folder)
+    numbered = sorted((int(p.name[len(prefix):]), p) for p in folder.iterdir()
+                      if p.name.startswith(prefix) and p.name[len(prefix):].isdigit())
+    removed = [p for _, p in numbered[:-keep]]
+    for p in removed:
+        shutil.rmtree(p, ignore_errors=True)
+    return removed

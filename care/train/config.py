@@ -7,11 +7,14 @@ parameter schemas, so a deployment's parameters are validated exactly like a YAM
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from care.config import StageConfig
+from care.media.sampling import FrameSampling
 
 
 class SamplingParams(StageConfig):
@@ -92,9 +95,10 @@ class RLConfig(StageConfig):
     data_root: str = Field(..., description="SEED-Bench-R1-layout root (annotations/, videos/, images/).")
     train_annotations: str = Field("training_6k.jsonl", description="Training file, relative to data_root/annotations.")
     shuffle_options: bool = Field(True, description="Shuffle the 4 options per training row (seeded).")
+    frames: FrameSampling = Field(default_factory=FrameSampling, description="Frame sampling of the frame cache to read (as preprocessed).")
     iterations: int = Field(3, ge=1, description="Generation batches (RL iterations) to run.")
     seed: int = Field(0, description="Seeds data order, sampling and initialisation.")
-    eval_every: int = Field(0, ge=0, description="Evaluate every this many iterations (0 = only at the end, if enabled).")
+    keep_checkpoints: int = Field(0, ge=0, description="Keep only the newest N iteration checkpoints (0 = keep all).")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -119,6 +123,13 @@ class RLConfig(StageConfig):
         if (self.algo == "grpo_care") != self.scoring.consistency_bonus:
             raise ValueError(f"algo={self.algo} contradicts scoring.consistency_bonus={self.scoring.consistency_bonus}")
         return self
+
+    def run_id(self) -> str:
+        """``run_name``, or ``<algo>-<hash of the config>``: re-running the same config continues the same run."""
+        if self.run_name:
+            return self.run_name
+        blob = json.dumps(self.model_dump(mode="json", exclude={"run_name"}), sort_keys=True)
+        return f"{self.algo.replace('_', '-')}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
     @property
     def total_optimizer_steps(self) -> int:

@@ -18,11 +18,11 @@ from care.algo.likelihood import token_log_probs
 from care.algo.prompt import PROMPT_VERSION
 from care.data.schema import Sample
 from care.media.frame_cache import FrameCache
-from care.models.generation import Decoding, sample_completions
+from care.models.generation import Completion, Decoding, sample_completions
 from care.models.inputs import encode_prompt_completions, encode_prompts, model_inputs
 from care.models.loading import suppressed_token_ids
 from care.store.rollout_log import GENERATED_FILE, GENERATED_SCHEMA, rollout_uid, write_rows_atomic
-from care.train.config import RolloutConfig
+from care.train.config import RolloutConfig, SamplingParams
 from care.train.policy_io import checkpoint_id, load_policy
 from care.train.samples import prompt_items
 
@@ -47,6 +47,41 @@ def behaviour_logprobs(model, processor, items, rates, completion_ids, *, temper
     mask = completion_target_mask(batch).to(device)
     logp = token_log_probs(model, inputs, mask, temperature=temperature).logp[:, batch["prompt_length"]:]
     return [logp[i, : len(ids)].tolist() for i, ids in enumerate(completion_ids)]
+
+
+def rollout_rows(*, run_id: str, iteration: int, first_group: int, samples: Sequence[Sample],
+                 completions: Sequence[Completion], logprobs: Sequence[Sequence[float]],
+                 prompt_tokens: Sequence[int], seeds: Sequence[int], checkpoint: str, backend: str,
+                 sampling: SamplingParams, seconds: float) -> list[dict]:
+    """One ``GENERATED_SCHEMA`` row per completion; shared by every backend so the shards are alike.
+
+    ``samples[k]`` is group ``first_group + k``; ``completions[i].prompt_index`` indexes ``samples``;
+    ``prompt_tokens[k]`` and ``seeds[k]`` are per prompt; ``logprobs[i]`` belongs to ``completions[i]``;
+    ``seconds`` is the generation time per completion.
+    """
+    rows = []
+    for c, lp in zip(completions, logprobs, strict=True):
+        sample = samples[c.prompt_index]
+        g = first_group + c.prompt_index
+        rows.append({
+            "rollout_uid": rollout_uid(run_id, iteration, g, c.sample_index), "run_id": run_id,
+            "iteration": iteration, "group": g, "sample_index": c.sample_index,
+            "sample_id": sample.sample_id, "split": sample.split, "gold": sample.answer,
+            "options": list(sample.options), "question": sample.question, "prompt_version": PROMPT_VERSION,
+            "policy_checkpoint": checkpoint, "backend": backend, "seed": int(seeds[c.prompt_index]),
+            "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
+            "max_new_tokens": sampling.max_new_tokens, "prompt_tokens": int(prompt_tokens[c.prompt_index]),
+            "completion_tokens": len(c.token_ids), "truncated": c.truncated, "completion": c.text,
+            "completion_ids": list(c.token_ids), "behaviour_logprobs": list(lp), "generation_seconds": seconds,
+        })
+    return rows
+
+
+def write_generated(out_dir: str | Path, rows: Sequence[dict], *, prompts: int, started: float) -> dict:
+    """Write ``generated.parquet`` atomically; the stage manifest (path, rows, prompts, seconds, tokens)."""
+    path = write_rows_atomic(Path(out_dir) / GENERATED_FILE, rows, GENERATED_SCHEMA)
+    return {"path": str(path), "rows": len(rows), "prompts": prompts, "seconds": time.perf_counter() - started,
+            "completion_tokens": sum(r["completion_tokens"] for r in rows)}
 
 
 def run_rollout_stage(*, run_id: str, iteration: int, checkpoint: str | Path, samples: Sequence[Sample],
@@ -86,21 +121,10 @@ def run_rollout_stage(*, run_id: str, iteration: int, checkpoint: str | Path, sa
         logps = behaviour_logprobs(model, processor, expanded, expanded_rates, [c.token_ids for c in completions],
                                    temperature=s.temperature)
         seconds = (time.perf_counter() - t0) / max(len(completions), 1)
-        prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
-        for c, lp in zip(completions, logps, strict=True):
-            sample = group[c.prompt_index]
-            g = start + c.prompt_index
-            rows.append({
-                "rollout_uid": rollout_uid(run_id, iteration, g, c.sample_index), "run_id": run_id,
-                "iteration": iteration, "group": g, "sample_index": c.sample_index,
-                "sample_id": sample.sample_id, "split": sample.split, "gold": sample.answer,
-                "options": list(sample.options), "question": sample.question, "prompt_version": PROMPT_VERSION,
-                "policy_checkpoint": ckpt, "backend": "hf", "seed": chunk_seed(seed, iteration, chunk),
-                "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k,
-                "max_new_tokens": s.max_new_tokens, "prompt_tokens": int(prompt_tokens[c.prompt_index]),
-                "completion_tokens": len(c.token_ids), "truncated": c.truncated, "completion": c.text,
-                "completion_ids": list(c.token_ids), "behaviour_logprobs": lp, "generation_seconds": seconds,
-            })
-    path = write_rows_atomic(Path(out_dir) / GENERATED_FILE, rows, GENERATED_SCHEMA)
-    return {"path": str(path), "rows": len(rows), "prompts": len(samples), "seconds": time.perf_counter() - started,
-            "completion_tokens": sum(r["completion_tokens"] for r in rows)}
+        rows += rollout_rows(
+            run_id=run_id, iteration=iteration, first_group=start, samples=group, completions=completions,
+            logprobs=logps, prompt_tokens=enc["attention_mask"].sum(dim=1).tolist(),
+            seeds=[chunk_seed(seed, iteration, chunk)] * len(group), checkpoint=ckpt, backend="hf", sampling=s,
+            seconds=seconds,
+        )
+    return write_generated(out_dir, rows, prompts=len(samples), started=started)

@@ -1,0 +1,227 @@
+"""The vLLM side of the ``vllm`` rollout backend: runs INSIDE the separate vLLM environment.
+
+    python -m care.models.vllm_worker REQUEST.parquet RESPONSE.parquet --model CKPT/policy \\
+        [--tensor-parallel-size N] [--gpu-memory-utilization X] [--seed S] [--max-model-len L]
+
+It may import only the standard library, numpy, pyarrow and vllm (``tests/test_vllm_backend.py`` checks this by
+scanning the imports): vLLM pins its own torch/transformers/fastapi, which conflict with the main environment, so
+nothing of ``care`` besides this file is importable there. ``care.models.vllm_backend`` (main environment) writes
+the request file and reads the response file; the two files are the whole interface.
+
+Request: one row per prompt (``REQUEST_SCHEMA``): the prompt text already rendered with the processor's chat
+template (one unexpanded ``<|video_pad|>`` / ``<|image_pad|>`` per visual input; vLLM expands them), the sampled
+video frames as raw uint8 bytes + shape + their real sampling fps, the image as raw bytes + shape, and the
+sampling parameters. Response: one row per completion (``RESPONSE_SCHEMA``): token ids, text, finish reason,
+the engine's log-probs of the sampled tokens and the expanded prompt length.
+
+What this relies on in vLLM (checked against vllm 0.11.0, the version ``requirements-vllm.txt`` pins):
+- ``docs/features/multimodal_inputs.md`` ("Video Inputs"): a video may be passed as a NumPy array of frames in
+  ``multi_modal_data["video"]``; images as arrays too. Qwen2.5-VL's vLLM processor
+  (``vllm/model_executor/models/qwen2_5_vl.py``, ``Qwen2_5_VLMultiModalProcessor``) calls the Hugging Face
+  ``Qwen2_5_VLProcessor`` and takes ``second_per_grid_ts`` from its output; that processor (transformers 4.5x)
+  computes it as ``temporal_patch_size / fps`` from the ``fps`` processor kwarg (default 2.0). So the real
+  sampled rate goes in per prompt as ``mm_processor_kwargs={"fps": fps, "do_sample_frames": False}`` (frames are
+  already sampled; vLLM must not resample them). transformers 5 takes the rate from video metadata instead,
+  which the Qwen2.5-VL parser of vllm 0.11 does not carry; ``check_transformers`` refuses that combination
+  rather than silently using 24 fps.
+- ``SamplingParams(n=G, seed=S)``: vLLM V1 fans a request out into G children seeded ``S + i``
+  (``vllm/v1/engine/parallel_sampling.py``), so the parent gives prompts seeds G apart.
+- ``logit_bias`` (token id -> bias, added to the logits; ids validated against the vocabulary in
+  ``vllm/v1/engine/processor.py``) with ``-inf`` removes a token from sampling exactly, as ``generate``'s
+  ``suppress_tokens`` does in the ``hf`` backend. ``bad_words`` takes strings (multi-token sequences) and
+  ``allowed_token_ids`` would need the whole complement of the vocabulary per request.
+- ``generation_config="vllm"`` keeps the checkpoint's generation_config.json from overriding the explicit
+  sampling parameters, and ``stop_token_ids`` names the EOS the ``hf`` backend stops at; the EOS stays in
+  ``token_ids``, so completions end the same way in both backends.
+- ``logprobs=0`` returns the log-prob of each sampled token only. These are the engine's numbers (vLLM's
+  default: from the raw logits); the parent recomputes the behaviour log-probs with the HF policy forward and
+  keeps these only for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import math
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+EXIT_NO_VLLM = 3
+EXIT_BAD_ENVIRONMENT = 4
+
+REQUEST_SCHEMA = pa.schema(
+    [
+        ("prompt_index", pa.int32()),
+        ("prompt", pa.string()),
+        ("video", pa.binary()),  # uint8 frames, C order, shape video_shape (T, H, W, 3); null without a video
+        ("video_shape", pa.list_(pa.int32())),
+        ("video_fps", pa.float64()),  # the real sampling rate of the frames
+        ("image", pa.binary()),  # uint8, shape image_shape (H, W, 3); null without an image
+        ("image_shape", pa.list_(pa.int32())),
+        ("n", pa.int32()),  # G completions
+        ("temperature", pa.float64()),
+        ("top_p", pa.float64()),
+        ("top_k", pa.int32()),  # 0 = disabled (vLLM spells it -1)
+        ("max_tokens", pa.int32()),
+        ("seed", pa.int64()),  # child i is sampled with seed + i
+        ("suppress_token_ids", pa.list_(pa.int32())),
+        ("stop_token_ids", pa.list_(pa.int32())),
+    ]
+)
+
+RESPONSE_SCHEMA = pa.schema(
+    [
+        ("prompt_index", pa.int32()),
+        ("sample_index", pa.int32()),
+        ("token_ids", pa.list_(pa.int32())),
+        ("text", pa.string()),
+        ("finish_reason", pa.string()),  # "stop" (EOS / stop token) or "length" (max_tokens reached)
+        ("engine_logprobs", pa.list_(pa.float32())),
+        ("prompt_tokens", pa.int32()),  # prompt length after vision-token expansion
+    ]
+)
+
+
+def write_table_atomic(path: str | os.PathLike, rows: list[dict], schema: pa.Schema) -> Path:
+    """``rows`` as one Parquet file, written to a temporary name and renamed (a reader never sees half)."""
+    path = Path(path)
+    table = pa.Table.from_pylist([{f.name: row.get(f.name) for f in schema} for row in rows], schema=schema)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _array(data: bytes | None, shape: list[int] | None, what: str, index: int) -> np.ndarray | None:
+    if data is None:
+        return None
+    shape = tuple(int(d) for d in shape or ())
+    if math.prod(shape) != len(data):
+        raise ValueError(f"request row {index}: {what} has {len(data)} bytes but shape {shape}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+
+
+def read_requests(path: str | os.PathLike) -> list[dict]:
+    """The request rows, ``video`` / ``image`` decoded to uint8 arrays (None when absent), in prompt order."""
+    table = pq.read_table(path)
+    missing = [f.name for f in REQUEST_SCHEMA if f.name not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: request file lacks column(s) {missing}")
+    rows = table.to_pylist()
+    for k, row in enumerate(rows):
+        if row["prompt_index"] != k:
+            raise ValueError(f"{path}: row {k} has prompt_index {row['prompt_index']}; rows must be in order")
+        row["video"] = _array(row["video"], row["video_shape"], "video", k)
+        row["image"] = _array(row["image"], row["image_shape"], "image", k)
+        if row["video"] is not None and not (row["video_fps"] or 0) > 0:
+            raise ValueError(f"{path}: row {k} has a video but no positive video_fps")
+    return rows
+
+
+def sampling_kwargs(request: dict) -> dict:
+    """Keyword arguments of ``vllm.SamplingParams`` for one request row."""
+    return {
+        "n": int(request["n"]),
+        "temperature": float(request["temperature"]),
+        "top_p": float(request["top_p"]),
+        "top_k": int(request["top_k"]) if request["top_k"] > 0 else -1,
+        "max_tokens": int(request["max_tokens"]),
+        "seed": int(request["seed"]),
+        "logprobs": 0,
+        "stop_token_ids": [int(t) for t in request["stop_token_ids"]],
+        "logit_bias": {int(t): float("-inf") for t in request["suppress_token_ids"]} or None,
+        "skip_special_tokens": True,
+    }
+
+
+def engine_prompt(request: dict) -> dict:
+    """The ``vllm.inputs.TextPrompt`` of one request row: text, frames / image, and the frames' real fps."""
+    data, prompt = {}, {"prompt": request["prompt"]}
+    if request["video"] is not None:
+        data["video"] = request["video"]
+        prompt["mm_processor_kwargs"] = {"fps": float(request["video_fps"]), "do_sample_frames": False}
+    if request["image"] is not None:
+        data["image"] = request["image"]
+    if data:
+        prompt["multi_modal_data"] = data
+    return prompt
+
+
+def _sampled_logprobs(token_ids: list[int], logprobs) -> list[float]:
+    """The log-prob of each sampled token from vLLM's per-position ``{token_id: Logprob}`` dicts."""
+    if logprobs is None:
+        return []
+    return [float(step[tok].logprob) for tok, step in zip(token_ids, logprobs, strict=True)]
+
+
+def response_rows(outputs) -> list[dict]:
+    """``RESPONSE_SCHEMA`` rows from the ``RequestOutput`` list of ``LLM.generate`` (same order as the prompts)."""
+    rows = []
+    for k, out in enumerate(outputs):
+        for i, comp in enumerate(sorted(out.outputs, key=lambda c: c.index)):
+            ids = [int(t) for t in comp.token_ids]
+            rows.append({
+                "prompt_index": k, "sample_index": i, "token_ids": ids, "text": comp.text,
+                "finish_reason": str(comp.finish_reason), "engine_logprobs": _sampled_logprobs(ids, comp.logprobs),
+                "prompt_tokens": len(out.prompt_token_ids or []),
+            })
+    return rows
+
+
+def check_transformers() -> None:
+    """Refuse transformers >= 5 (see the module docstring: the fps would be silently ignored)."""
+    try:
+        version = importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        return  # vllm cannot import without it; its own error is clearer
+    if int(version.split(".")[0]) >= 5:
+        sys.stderr.write(f"transformers {version} in {sys.executable}: its Qwen2.5-VL processor reads the video "
+                         "rate from metadata that vLLM does not pass; install requirements-vllm.txt\n")
+        raise SystemExit(EXIT_BAD_ENVIRONMENT)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m care.models.vllm_worker", description=__doc__.splitlines()[0])
+    ap.add_argument("request", help="request Parquet written by care.models.vllm_backend")
+    ap.add_argument("response", help="response Parquet to write")
+    ap.add_argument("--model", required=True, help="save_pretrained folder of the policy (weights + processor)")
+    ap.add_argument("--tensor-parallel-size", type=int, default=1)
+    ap.add_argument("--gpu-memory-utilization", type=float, default=0.6)
+    ap.add_argument("--seed", type=int, default=0, help="engine seed (each request also carries its own)")
+    ap.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    requests = read_requests(args.request)  # a bad request file fails before the engine's minutes of start-up
+    try:
+        import vllm
+    except ImportError as exc:
+        sys.stderr.write(f"vllm is not installed in {sys.executable} ({exc}); create the vLLM environment as "
+                         "docs/vllm.md describes and point rollout.vllm_python at its python\n")
+        return EXIT_NO_VLLM
+    check_transformers()
+    llm = vllm.LLM(
+        model=args.model, tensor_parallel_size=args.tensor_parallel_size,
+        gpu_memory_utilization=args.gpu_memory_utilization, limit_mm_per_prompt={"video": 1, "image": 1},
+        seed=args.seed, generation_config="vllm", max_model_len=args.max_model_len,
+    )
+    params = [vllm.SamplingParams(**sampling_kwargs(r)) for r in requests]
+    outputs = llm.generate([engine_prompt(r) for r in requests], sampling_params=params, use_tqdm=False)
+    write_table_atomic(args.response, response_rows(outputs), RESPONSE_SCHEMA)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

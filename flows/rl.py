@@ -1,0 +1,91 @@
+"""The ``rl`` flow: GRPO / GRPO-CARE iterations of rollouts -> scoring -> optimisation.
+
+Composition only. Resume: the run id derives from the config (or ``run_name``); the flow continues after the
+newest complete iteration checkpoint of the run, and inside an interrupted iteration the finished stages are
+Prefect cache hits, so a killed run re-does at most the stage it was killed in.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow
+
+from care.store import runs
+from care.train.checkpoint import iteration_checkpoint_name, latest_complete, prune_checkpoints
+from care.train.config import RLConfig
+from care.train.data_order import batch_ids, cursor_after
+from care.train.samples import DataSpec
+from care.workspace import Workspace
+from tasks.common import checkpoint_ready, file_ready, run_stage
+from tasks.rl import (
+    generated_path,
+    initial_checkpoint,
+    list_samples,
+    optimise,
+    refresh_rollouts_view,
+    rollout,
+    scoring,
+)
+
+
+def _summary_line(it: int, total: int, scored: dict, opt: dict, seconds: float, hits: list[str]) -> str:
+    m, last = scored["metrics"], opt.get("last", {})
+    cached = f" (cached: {', '.join(hits)})" if hits else ""
+    return (f"iteration {it + 1}/{total}: reward {m['reward_mean']:.3f}  accuracy {m['reward_accuracy_mean']:.3f}  "
+            f"format {m['reward_format_mean']:.3f}  bonus rate {m['bonus_rate']:.3f}  "
+            f"likelihood {m['consistency_likelihood_mean']:.3f}  loss {last.get('loss', float('nan')):.4f}  "
+            f"step {opt['step']}  {seconds:.1f}s{cached}")
+
+
+@flow(name="rl", log_prints=True)
+def rl(config: RLConfig, home: str | None = None) -> dict:
+    """Run (or continue) the RL run described by ``config``; returns the run id and the final checkpoint."""
+    ws = Workspace.at(home).ensure()
+    run_id, catalog_file, rollouts_root = config.run_id(), str(ws.catalog_path), str(ws.rollouts_dir)
+    data = DataSpec(data_root=config.data_root, annotation_file=config.train_annotations,
+                    cache_root=str(ws.frame_cache_dir), sampling=config.frames, seed=config.seed,
+                    shuffle_options=config.shuffle_options)
+    runs.start_run(run_id, kind="rl", config=config.model_dump(mode="json"), path=catalog_file)
+    try:
+        ckpt_dir = ws.run_dir(run_id) / "checkpoints"
+        found = latest_complete(ckpt_dir)
+        start, ckpt = (found[0], str(found[1])) if found else (
+            0, initial_checkpoint(config.model, str(ckpt_dir / iteration_checkpoint_name(0))))
+        available = list_samples(data)
+        print(f"run {run_id}: {len(available['sample_ids'])} training samples "
+              f"({available['excluded']} excluded for media, {available['rejected_rows']} rows rejected); "
+              f"iterations {start + 1}..{config.iterations}")
+        ro, s = config.rollout, config.rollout.sampling
+        for it in range(start, config.iterations):
+            t0 = time.perf_counter()
+            ids = batch_ids(available["sample_ids"], batch_size=ro.prompts_per_iteration, index=it, seed=config.seed)
+            gen_file = generated_path(rollouts_root, run_id, it)
+            gen = run_stage(rollout, run_id=run_id, iteration=it, stage="rollout", output_ready=file_ready(gen_file),
+                            catalog_file=catalog_file, checkpoint=ckpt, sample_ids=ids, data=data, config=ro,
+                            seed=config.seed, rollouts_root=rollouts_root)
+            sc = run_stage(scoring, run_id=run_id, iteration=it, stage="scoring",
+                           output_ready=file_ready(gen["path"].replace("generated.parquet", "scored.parquet")),
+                           catalog_file=catalog_file, checkpoint=ckpt, generated_path=gen["path"], data=data,
+                           config=config.scoring, algo=config.algo)
+            out = str(ckpt_dir / iteration_checkpoint_name(it + 1))
+            cursor = cursor_after(len(available["sample_ids"]), batch_size=ro.prompts_per_iteration, index=it)
+            opt = run_stage(optimise, run_id=run_id, iteration=it, stage="optimise",
+                            output_ready=checkpoint_ready(out),
+                            catalog_file=catalog_file, checkpoint_in=ckpt, checkpoint_out=out,
+                            generated_path=gen["path"], scored_path=sc["path"], data=data, config=config.optim,
+                            total_steps=config.total_optimizer_steps, temperature=s.temperature,
+                            max_new_tokens=s.max_new_tokens, data_cursor=cursor.as_dict())
+            ckpt = opt["checkpoint"]
+            prune_checkpoints(ckpt_dir, config.keep_checkpoints)
+            hits = [name for name, m in (("rollout", gen), ("scoring", sc), ("optimise", opt)) if m["cache_hit"]]
+            print(_summary_line(it, config.iterations, sc, opt, time.perf_counter() - t0, hits))
+        refresh_rollouts_view(rollouts_root, catalog_file)
+    except BaseException as exc:
+        runs.finish_run(run_id, status="failed", message=f"{type(exc).__name__}: {exc}"[:500], path=catalog_file)
+        raise
+    runs.finish_run(run_id, status="completed", path=catalog_file)
+    print(f"run {run_id} completed; final checkpoint {ckpt}")
+    print(f"dig in: care sql \"select iteration, avg(reward), avg(bonus) from rollouts where run_id = '{run_id}' "
+          "group by 1 order by 1\"")
+    return {"run_id": run_id, "checkpoint": ckpt, "iterations": config.iterations}

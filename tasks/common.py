@@ -1,0 +1,89 @@
+"""Conventions shared by every stage task.
+
+- Results are small JSON manifests (paths, counts, metrics), persisted with Prefect's JSON serializer: no pickle
+  is ever written to or read from the workspace.
+- Cache keys are content-based (``stage_key``: the stage name, the run, the input checkpoint's content id, the
+  batch, the stage config). A stage whose expected output has disappeared is re-run (``refresh_cache``) rather
+  than answered from a cached manifest that points at nothing.
+- Retries only on IO errors that can pass (``is_transient``), never on bad data or a bug.
+- ``run_stage`` calls a task, records the outcome in the catalog's ``stages`` table (status, attempts, cache
+  hit, seconds) and returns its manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prefect import Task
+
+from care.store import catalog, runs
+
+JSON_RESULTS = {"persist_result": True, "result_serializer": "json"}
+
+
+def stage_key(*parts: Any) -> str:
+    """A stable hash of the stage's inputs (pydantic models are dumped as JSON)."""
+    def norm(x: Any) -> Any:
+        return x.model_dump(mode="json") if hasattr(x, "model_dump") else x
+
+    blob = json.dumps([norm(p) for p in parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def is_transient(task, task_run, state) -> bool:
+    """Retry condition: IO errors that may pass (not a missing file, not bad data), and catalog locks."""
+    try:
+        state.result()
+    except FileNotFoundError:
+        return False
+    except (OSError, catalog.CatalogError):
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def attempts() -> int:
+    from prefect.runtime import task_run
+
+    return int(task_run.run_count or 1)
+
+
+def run_stage(task: Task, *, run_id: str, iteration: int, stage: str, output_ready: Callable[[], bool],
+              catalog_file: str, **params: Any) -> dict:
+    """Run ``task(run_id=, iteration=, **params)``; a cached result whose output is gone is recomputed.
+
+    Records the outcome in the ``stages`` table.
+    """
+    t0 = time.perf_counter()
+    chosen = task if output_ready() else task.with_options(refresh_cache=True)
+    if "catalog_file" in inspect.signature(task.fn).parameters:
+        params["catalog_file"] = catalog_file
+    state = chosen(run_id=run_id, iteration=iteration, **params, return_state=True)
+    seconds = time.perf_counter() - t0
+    if not state.is_completed():
+        runs.record_stage(run_id, iteration, stage, status="failed", seconds=seconds, path=catalog_file)
+        state.result()  # raises the task's exception
+    manifest = state.result()
+    cache_hit = state.name == "Cached"
+    runs.record_stage(run_id, iteration, stage, status="completed", cache_hit=cache_hit,
+                      attempts=0 if cache_hit else int(manifest.get("attempts", 1)), seconds=seconds,
+                      cache_key=manifest.get("cache_key"), output=manifest.get("path") or manifest.get("checkpoint"),
+                      path=catalog_file)
+    return {**manifest, "cache_hit": cache_hit}
+
+
+def file_ready(path: str | Path) -> Callable[[], bool]:
+    return lambda: Path(path).is_file()
+
+
+def checkpoint_ready(path: str | Path) -> Callable[[], bool]:
+    from care.train.checkpoint import is_complete
+
+    return lambda: is_complete(path)

@@ -1,0 +1,112 @@
+"""Prefect tasks of the RL loop: thin wrappers over ``care.train`` stages; IO at the edges.
+
+Each stage is cached by content (``stage_key``) and retried only on transient IO errors, so killing the
+process at any point and re-running the flow repeats at most the interrupted stage. Tasks take and return
+paths and small JSON manifests; metrics go to the catalog from here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from prefect import task
+
+from care.store import runs
+from care.store.rollout_log import GENERATED_FILE, iteration_dir
+from care.train.checkpoint import make_initial_checkpoint, read_training_state
+from care.train.config import OptimConfig, RolloutConfig, ScoringConfig
+from care.train.optimise_stage import run_optimisation_stage
+from care.train.policy_io import checkpoint_id
+from care.train.rollout import run_rollout_stage
+from care.train.samples import DataSpec
+from care.train.scoring import run_scoring_stage
+from tasks.common import JSON_RESULTS, attempts, is_transient, stage_key
+
+
+def _file_sha(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@task(name="initial-checkpoint", retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient)
+def initial_checkpoint(model: str, folder: str) -> str:
+    """Checkpoint 0 of a run (idempotent: an existing complete checkpoint is kept)."""
+    return str(make_initial_checkpoint(model, folder))
+
+
+def _rollout_key(context, p) -> str:
+    return "rollout-" + stage_key(p["run_id"], p["iteration"], checkpoint_id(p["checkpoint"]), p["sample_ids"],
+                                  p["data"], p["config"], p["seed"])
+
+
+@task(name="rollout", cache_key_fn=_rollout_key, retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient,
+      **JSON_RESULTS)
+def rollout(run_id: str, iteration: int, checkpoint: str, sample_ids: list[str], data: DataSpec,
+            config: RolloutConfig, seed: int, rollouts_root: str) -> dict:
+    """G completions per prompt of this iteration's batch -> ``generated.parquet``."""
+    by_id = data.load().by_id()
+    manifest = run_rollout_stage(run_id=run_id, iteration=iteration, checkpoint=checkpoint,
+                                 samples=[by_id[i] for i in sample_ids], cache=data.cache(), config=config,
+                                 seed=seed, out_dir=iteration_dir(Path(rollouts_root), run_id, iteration))
+    return {**manifest, "attempts": attempts()}
+
+
+def _scoring_key(context, p) -> str:
+    return "scoring-" + stage_key(p["run_id"], p["iteration"], checkpoint_id(p["checkpoint"]),
+                                  _file_sha(p["generated_path"]), p["data"], p["config"], p["algo"])
+
+
+@task(name="scoring", cache_key_fn=_scoring_key, retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient,
+      **JSON_RESULTS)
+def scoring(run_id: str, iteration: int, checkpoint: str, generated_path: str, data: DataSpec,
+            config: ScoringConfig, algo: str, catalog_file: str) -> dict:
+    """Rewards, reference likelihood, consistency bonus and advantages -> ``scored.parquet``; metrics recorded."""
+    manifest = run_scoring_stage(generated_path=generated_path, checkpoint=checkpoint, samples=data.load().by_id(),
+                                 cache=data.cache(), config=config, algo=algo)
+    step = read_training_state(checkpoint).step + 1
+    runs.record_metrics(run_id, step, {**manifest["metrics"], "scoring_seconds": manifest["seconds"]},
+                        stage="scoring", path=catalog_file)
+    return {**manifest, "attempts": attempts(), "step": step}
+
+
+def _optimise_key(context, p) -> str:
+    return "optimise-" + stage_key(p["run_id"], p["iteration"], checkpoint_id(p["checkpoint_in"]),
+                                   _file_sha(p["generated_path"]), _file_sha(p["scored_path"]), p["config"],
+                                   p["total_steps"], p["temperature"], p["max_new_tokens"], p["checkpoint_out"])
+
+
+@task(name="optimise", cache_key_fn=_optimise_key, retries=1, retry_delay_seconds=2,
+      retry_condition_fn=is_transient, **JSON_RESULTS)
+def optimise(run_id: str, iteration: int, checkpoint_in: str, checkpoint_out: str, generated_path: str,
+             scored_path: str, data: DataSpec, config: OptimConfig, total_steps: int, temperature: float,
+             max_new_tokens: int, data_cursor: dict, catalog_file: str) -> dict:
+    """Policy update(s) on the scored batch, EMA on schedule -> the next checkpoint; per-step metrics recorded."""
+    result = run_optimisation_stage(
+        checkpoint_in=checkpoint_in, checkpoint_out=checkpoint_out, generated_path=generated_path,
+        scored_path=scored_path, data=data, config=config, total_steps=total_steps, temperature=temperature,
+        max_new_tokens=max_new_tokens, iteration=iteration, data_cursor=data_cursor,
+    )
+    for entry in result["steps"]:
+        metrics = {k: v for k, v in entry.items() if k != "step"}
+        runs.record_metrics(run_id, entry["step"], metrics, stage="optimise", path=catalog_file)
+    runs.record_checkpoint(run_id, Path(checkpoint_out).name, checkpoint_out, step=result["step"],
+                           iteration=iteration + 1, path=catalog_file)
+    return {"checkpoint": result["checkpoint"], "step": result["step"], "seconds": result["seconds"],
+            "last": result["steps"][-1] if result["steps"] else {}, "attempts": attempts()}
+
+
+@task(name="refresh-rollouts-view", retries=2, retry_delay_seconds=1, retry_condition_fn=is_transient)
+def refresh_rollouts_view(rollouts_root: str, catalog_file: str) -> bool:
+    return runs.refresh_rollouts_view(rollouts_root, path=catalog_file)
+
+
+def generated_path(rollouts_root: str, run_id: str, iteration: int) -> str:
+    return str(iteration_dir(Path(rollouts_root), run_id, iteration) / GENERATED_FILE)
+
+
+@task(name="list-samples", retries=2, retry_delay_seconds=1, retry_condition_fn=is_transient)
+def list_samples(data: DataSpec) -> dict:
+    """Sample ids usable for training (media cached), and how many were excluded or rejected."""
+    sample_set = data.load()
+    return {"sample_ids": sorted(s.sample_id for s in sample_set.samples), "excluded": len(sample_set.excluded),
+            "rejected_rows": sample_set.rejected_rows}
