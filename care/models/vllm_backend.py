@@ -1,0 +1,248 @@
+"""The ``vllm`` rollout backend, main-environment side: request file -> vLLM subprocess -> rollout shard.
+
+vLLM cannot share an environment with Prefect (their fastapi pins conflict), so it runs in its own virtual
+environment (``docs/vllm.md``) as ``python -m care.models.vllm_worker`` and the two sides exchange two Parquet
+files in the iteration's output folder:
+
+1. ``vllm_request.parquet`` (``vllm_worker.REQUEST_SCHEMA``), one row per prompt: the prompt rendered with the
+   policy processor's chat template (+ the assistant header), the cached frames as raw uint8 bytes with their
+   shape and real sampled fps, the image likewise, G, the sampling parameters with a per-prompt seed, the token
+   ids to suppress (``suppressed_token_ids``, as the ``hf`` backend) and the EOS to stop at.
+2. the worker loads ``<checkpoint>/policy`` (a save_pretrained folder with the processor) in vLLM, samples, and
+   writes ``vllm_response.parquet`` (``vllm_worker.RESPONSE_SCHEMA``), one row per completion.
+3. here: the behaviour log-probs are recomputed with the HF policy forward (``behaviour_logprobs``, the function
+   the ``hf`` backend and the update use), so the optimisation stage's PPO ratio starts at exactly 1 whatever
+   vLLM's numerics (bf16 kernels, a different attention implementation); the completion text is decoded with
+   the policy tokenizer as in the ``hf`` backend. The engine's own log-probs are compared (``logprob_gap``) only.
+   Rows come from ``care.train.rollout.rollout_rows``, so the shard equals an ``hf`` shard column for column.
+
+Seeds: prompt g of the iteration gets ``vllm_prompt_seed`` = base + g * G; vLLM seeds child i with seed + i, so
+no two completions of an iteration share a seed. Tested on CPU: the request/response round trip, rows, errors;
+the run with vLLM itself needs a CUDA GPU (``tests/test_vllm_backend.py``, marked ``gpu``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+import care
+from care.data.schema import Sample
+from care.errors import CareError
+from care.media.frame_cache import FrameCache
+from care.models.generation import Completion
+from care.models.inputs import PromptItem
+from care.models.loading import load_processor, suppressed_token_ids
+from care.models.vllm_worker import REQUEST_SCHEMA, RESPONSE_SCHEMA, write_table_atomic
+from care.train.config import RolloutConfig
+
+REQUEST_FILE = "vllm_request.parquet"
+RESPONSE_FILE = "vllm_response.parquet"
+WORKER_MODULE = "care.models.vllm_worker"
+WORKER_TIMEOUT_S = 4 * 3600  # engine start-up (minutes for a 7B model) plus generation of one iteration
+STDERR_TAIL_LINES = 25
+
+
+class VllmBackendError(CareError):
+    """The vLLM environment is missing or misconfigured, or the worker failed; the message says what to do."""
+
+
+def vllm_prompt_seed(seed: int, iteration: int, group: int, group_size: int) -> int:
+    """Request seed of prompt ``group``: G apart per prompt, since vLLM samples child i with seed + i."""
+    from care.train.rollout import chunk_seed
+
+    return (chunk_seed(seed, iteration, 0) + group * group_size) % (2**62)
+
+
+def resolve_vllm_python(vllm_python: str | None) -> Path:
+    """The configured python of the vLLM environment, checked to be an executable file."""
+    if not vllm_python:
+        raise VllmBackendError("rollout.backend=vllm needs rollout.vllm_python: the python of a separate vLLM "
+                               "environment, e.g. .venv-vllm/bin/python (see docs/vllm.md)")
+    path = Path(vllm_python).expanduser()
+    if not path.is_file():
+        raise VllmBackendError(f"rollout.vllm_python={vllm_python}: not a file; create the vLLM environment as "
+                               "docs/vllm.md describes and give the path of its bin/python")
+    if not os.access(path, os.X_OK):
+        raise VllmBackendError(f"rollout.vllm_python={vllm_python}: not executable")
+    return path
+
+
+def _raw(array: np.ndarray | None) -> tuple[bytes | None, list[int] | None]:
+    if array is None:
+        return None, None
+    array = np.ascontiguousarray(array)
+    if array.dtype != np.uint8:
+        raise ValueError(f"visual inputs must be uint8, got {array.dtype}")
+    return array.tobytes(), [int(d) for d in array.shape]
+
+
+def build_requests(processor, items: Sequence[PromptItem], rates: Sequence[float | None], *, config: RolloutConfig,
+                   seeds: Sequence[int]) -> list[dict]:
+    """``REQUEST_SCHEMA`` rows, one per prompt item (``rates[k]``: the frames' fps, None without a video)."""
+    s = config.sampling
+    suppress = suppressed_token_ids(processor)
+    eos = processor.tokenizer.eos_token_id
+    rows = []
+    for k, (item, fps, seed) in enumerate(zip(items, rates, seeds, strict=True)):
+        video, video_shape = _raw(item.video)
+        image, image_shape = _raw(item.image)
+        if video is not None and not (fps or 0) > 0:
+            raise ValueError(f"prompt {k}: a video needs a positive fps, got {fps}")
+        rows.append({
+            "prompt_index": k,
+            "prompt": processor.apply_chat_template(item.messages, add_generation_prompt=True, tokenize=False),
+            "video": video, "video_shape": video_shape, "video_fps": float(fps) if video is not None else None,
+            "image": image, "image_shape": image_shape, "n": config.group_size, "temperature": s.temperature,
+            "top_p": s.top_p, "top_k": s.top_k, "max_tokens": s.max_new_tokens, "seed": int(seed),
+            "suppress_token_ids": suppress, "stop_token_ids": [eos],
+        })
+    return rows
+
+
+def write_requests(path: str | Path, rows: Sequence[dict]) -> Path:
+    return write_table_atomic(Path(path), list(rows), REQUEST_SCHEMA)
+
+
+def worker_command(python: str | Path, request: Path, response: Path, *, model: Path,
+                   config: RolloutConfig, seed: int) -> list[str]:
+    return [str(python), "-m", WORKER_MODULE, str(request), str(response), "--model", str(model),
+            "--tensor-parallel-size", str(config.vllm_tensor_parallel_size),
+            "--gpu-memory-utilization", str(config.vllm_gpu_memory_utilization), "--seed", str(seed)]
+
+
+def _tail(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return "\n".join(lines[-STDERR_TAIL_LINES:])
+
+
+def run_worker(command: Sequence[str], *, timeout: float = WORKER_TIMEOUT_S) -> None:
+    """Run the worker; a non-zero exit or a timeout raises ``VllmBackendError`` with the stderr tail.
+
+    The checkout holding ``care`` goes first on PYTHONPATH, so the worker module is found even where the vLLM
+    environment lacks the editable install.
+    """
+    env = dict(os.environ)
+    root = str(Path(care.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    try:
+        proc = subprocess.run(list(command), env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        raise VllmBackendError(f"vLLM worker ({command[0]}) did not finish within {timeout:.0f} s; "
+                               f"last stderr lines:\n{_tail(stderr)}") from None
+    if proc.returncode != 0:
+        raise VllmBackendError(f"vLLM worker ({command[0]}) exited with status {proc.returncode}:\n"
+                               f"{_tail(proc.stderr) or '(no stderr)'}")
+
+
+def read_responses(path: str | Path, *, prompts: int, group_size: int, tokenizer) -> tuple[list[Completion], dict]:
+    """Completions (prompt-major, as the ``hf`` backend's) and per-prompt info from a response file.
+
+    Checks that every prompt has exactly ``group_size`` completions. The text is decoded here with the policy
+    tokenizer (``skip_special_tokens``, as the ``hf`` backend); ``truncated`` is vLLM's finish reason "length".
+    Returns (completions, {"prompt_tokens": [per prompt], "engine_logprobs": [per completion]}).
+    """
+    table = pq.read_table(path)
+    missing = [f.name for f in RESPONSE_SCHEMA if f.name not in table.column_names]
+    if missing:
+        raise VllmBackendError(f"{path}: response file lacks column(s) {missing}; the worker and this checkout "
+                               "differ in version")
+    rows = sorted(table.to_pylist(), key=lambda r: (r["prompt_index"], r["sample_index"]))
+    keys = [(r["prompt_index"], r["sample_index"]) for r in rows]
+    expected = [(p, i) for p in range(prompts) for i in range(group_size)]
+    if keys != expected:
+        raise VllmBackendError(f"{path}: {len(rows)} completions for {prompts} prompts x G={group_size}, "
+                               "or wrong prompt/sample indices; re-run the rollout stage")
+    prompt_tokens = [0] * prompts
+    completions, engine = [], []
+    for r in rows:
+        ids = tuple(int(t) for t in r["token_ids"])
+        completions.append(Completion(prompt_index=r["prompt_index"], sample_index=r["sample_index"], token_ids=ids,
+                                      text=tokenizer.decode(list(ids), skip_special_tokens=True),
+                                      truncated=r["finish_reason"] == "length"))
+        prompt_tokens[r["prompt_index"]] = int(r["prompt_tokens"])
+        engine.append(list(r["engine_logprobs"]))
+    return completions, {"prompt_tokens": prompt_tokens, "engine_logprobs": engine}
+
+
+def logprob_gap(behaviour: Sequence[Sequence[float]], engine: Sequence[Sequence[float]]) -> float:
+    """Largest |HF - engine| log-prob over all sampled tokens (0.0 when the engine returned none)."""
+    gaps = [abs(a - b) for hf, en in zip(behaviour, engine, strict=True) if en
+            for a, b in zip(hf, en, strict=True)]
+    return max(gaps, default=0.0)
+
+
+def run_vllm_rollouts(*, run_id: str, iteration: int, checkpoint: str | Path, samples: Sequence[Sample],
+                      cache: FrameCache, config: RolloutConfig, seed: int, out_dir: str | Path) -> dict:
+    """The ``vllm`` backend of ``run_rollout_stage``: same arguments, same shard, same manifest (+ vLLM figures)."""
+    from care.train.policy_io import policy_path
+    from care.train.samples import prompt_items
+
+    python = resolve_vllm_python(config.vllm_python)
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    processor = load_processor(policy_path(checkpoint))
+    items, rates = prompt_items(list(samples), cache)
+    seeds = [vllm_prompt_seed(seed, iteration, g, config.group_size) for g in range(len(samples))]
+    request, response = out_dir / REQUEST_FILE, out_dir / RESPONSE_FILE
+    write_requests(request, build_requests(processor, items, rates, config=config, seeds=seeds))
+    response.unlink(missing_ok=True)  # never read a previous attempt's answer
+    t0 = time.perf_counter()
+    run_worker(worker_command(python, request, response, model=policy_path(checkpoint), config=config, seed=seed))
+    generation_seconds = time.perf_counter() - t0
+    request.unlink()  # raw frames, megabytes per prompt; the response stays next to the shard for inspection
+    completions, info = read_responses(response, prompts=len(samples), group_size=config.group_size,
+                                       tokenizer=processor.tokenizer)
+    manifest = shard_from_completions(
+        run_id=run_id, iteration=iteration, checkpoint=checkpoint, samples=samples, items=items, rates=rates,
+        completions=completions, prompt_tokens=info["prompt_tokens"], seeds=seeds, config=config,
+        seconds_per_completion=generation_seconds / max(len(completions), 1), out_dir=out_dir, started=started,
+        engine_logprobs=info["engine_logprobs"],
+    )
+    return {**manifest, "generation_seconds": generation_seconds}
+
+
+def shard_from_completions(*, run_id: str, iteration: int, checkpoint: str | Path, samples: Sequence[Sample],
+                           items: Sequence[PromptItem], rates: Sequence[float | None],
+                           completions: Sequence[Completion], prompt_tokens: Sequence[int], seeds: Sequence[int],
+                           config: RolloutConfig, seconds_per_completion: float, out_dir: str | Path,
+                           started: float, engine_logprobs: Sequence[Sequence[float]] | None = None) -> dict:
+    """Behaviour log-probs from the HF policy (``generation_batch_prompts`` prompts per forward), then the shard.
+
+    Returns the ``run_rollout_stage`` manifest plus ``engine_logprob_gap`` when engine log-probs are given
+    (meaningful at temperature 1: vLLM returns log-probs of the raw logits, before temperature and logit_bias).
+    """
+    from care.train.policy_io import checkpoint_id, load_policy
+    from care.train.rollout import behaviour_logprobs, rollout_rows, write_generated
+
+    model, processor = load_policy(checkpoint)
+    by_prompt: dict[int, list[int]] = {}
+    for n, c in enumerate(completions):
+        by_prompt.setdefault(c.prompt_index, []).append(n)
+    logps: list[list[float]] = [[] for _ in completions]
+    step = config.generation_batch_prompts
+    for start in range(0, len(items), step):
+        idx = [n for k in range(start, min(start + step, len(items))) for n in by_prompt.get(k, [])]
+        if not idx:
+            continue
+        chunk = behaviour_logprobs(model, processor, [items[completions[n].prompt_index] for n in idx],
+                                   [rates[completions[n].prompt_index] for n in idx],
+                                   [completions[n].token_ids for n in idx], temperature=config.sampling.temperature)
+        for n, lp in zip(idx, chunk, strict=True):
+            logps[n] = lp
+    rows = rollout_rows(run_id=run_id, iteration=iteration, first_group=0, samples=list(samples),
+                        completions=completions, logprobs=logps, prompt_tokens=prompt_tokens, seeds=seeds,
+                        checkpoint=checkpoint_id(checkpoint), backend="vllm", sampling=config.sampling,
+                        seconds=seconds_per_completion)
+    manifest = write_generated(out_dir, rows, prompts=len(samples), started=started)
+    if engine_logprobs is not None:
+        manifest["engine_logprob_gap"] = logprob_gap(logps, engine_logprobs)
+    return manifest

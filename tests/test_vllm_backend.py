@@ -1,0 +1,297 @@
+"""The ``vllm`` rollout backend: request/response files, rows, import hygiene of the worker, clear errors.
+
+Everything up to the engine runs here on CPU with the tiny model, the demo set and a real frame cache; the
+worker runs as a real subprocess (in this environment, which has no vLLM, so it must fail clearly). The test
+that runs vLLM itself is marked ``gpu`` and needs a CUDA GPU plus a vLLM environment: its python is
+``$CARE_VLLM_PYTHON`` (default ``.venv-vllm/bin/python`` in the checkout, see docs/vllm.md).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from care.data.annotations import load_annotations
+from care.media.frame_cache import FrameCache
+from care.media.sampling import FrameSampling
+from care.models import vllm_worker
+from care.models.loading import load_processor, suppressed_token_ids
+from care.models.vllm_backend import (
+    VllmBackendError,
+    build_requests,
+    read_responses,
+    run_vllm_rollouts,
+    run_worker,
+    shard_from_completions,
+    vllm_prompt_seed,
+    write_requests,
+)
+from care.store.rollout_log import GENERATED_SCHEMA
+from care.train.checkpoint import make_initial_checkpoint
+from care.train.config import RolloutConfig
+from care.train.policy_io import load_policy, policy_path
+from care.train.rollout import behaviour_logprobs, run_rollout_stage
+from care.train.samples import prompt_items
+
+WORKER_FILE = Path(vllm_worker.__file__)
+ALLOWED_THIRD_PARTY = {"numpy", "pyarrow", "vllm"}
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _cached_samples(demo_root: Path, cache_root: Path, n: int):
+    """n training samples (at least one image-only when the demo has one) with their media in a real cache."""
+    cache = FrameCache(cache_root, FrameSampling(), data_root=demo_root)
+    loaded = load_annotations(demo_root / "annotations" / "training_6k.jsonl", demo_root, seed=0)
+    videos = [s for s in loaded.samples if s.video][: n - 1]
+    image_only = [s for s in loaded.samples if not s.video][:1]
+    chosen = videos + image_only if image_only else [s for s in loaded.samples if s.video][:n]
+    for s in chosen:
+        if s.video:
+            cache.put(cache.resolve(s.video), "video")
+        cache.put(cache.resolve(s.image), "image")
+    return chosen, cache
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, demo_root, tiny_model_dir):
+    root = tmp_path_factory.mktemp("vllm")
+    checkpoint = make_initial_checkpoint(tiny_model_dir, root / "iter-00000")
+    samples, cache = _cached_samples(Path(demo_root), root / "cache", 3)
+    return {"root": root, "checkpoint": checkpoint, "samples": samples, "cache": cache,
+            "processor": load_processor(policy_path(checkpoint))}
+
+
+def _config(**kw) -> RolloutConfig:
+    base = {"backend": "vllm", "group_size": 2, "generation_batch_prompts": 2,
+            "sampling": {"temperature": 1.0, "top_p": 0.9, "top_k": 0, "max_new_tokens": 12}}
+    return RolloutConfig(**{**base, **kw})
+
+
+def test_request_file_round_trips_frames_fps_and_sampling_exactly(setup, tmp_path):
+    processor, samples = setup["processor"], setup["samples"]
+    items, rates = prompt_items(samples, setup["cache"])
+    assert any(i.video is None for i in items) and any(i.video is not None for i in items)
+    config = _config()
+    seeds = [vllm_prompt_seed(7, 3, g, config.group_size) for g in range(len(items))]
+    path = write_requests(tmp_path / "req.parquet", build_requests(processor, items, rates, config=config,
+                                                                   seeds=seeds))
+    back = vllm_worker.read_requests(path)
+    assert len(back) == len(items)
+    eos = processor.tokenizer.eos_token_id
+    for k, (item, fps, req) in enumerate(zip(items, rates, back, strict=True)):
+        assert req["prompt_index"] == k
+        assert req["prompt"] == processor.apply_chat_template(item.messages, add_generation_prompt=True,
+                                                              tokenize=False)
+        if item.video is None:
+            assert req["video"] is None and req["video_fps"] is None
+            assert "video" not in vllm_worker.engine_prompt(req).get("multi_modal_data", {})
+        else:
+            assert req["video"].dtype == np.uint8 and np.array_equal(req["video"], item.video)
+            assert req["video_fps"] == fps  # the real sampled rate, bit for bit
+            prompt = vllm_worker.engine_prompt(req)
+            assert prompt["mm_processor_kwargs"] == {"fps": fps, "do_sample_frames": False}
+            assert np.array_equal(prompt["multi_modal_data"]["video"], item.video)
+        assert req["image"].dtype == np.uint8 and np.array_equal(req["image"], item.image)
+        assert req["seed"] == seeds[k]
+        kw = vllm_worker.sampling_kwargs(req)
+        assert kw["n"] == 2 and kw["temperature"] == 1.0 and kw["max_tokens"] == 12 and kw["logprobs"] == 0
+        assert math.isclose(kw["top_p"], 0.9) and kw["top_k"] == -1  # 0 (off) is spelled -1 in vLLM
+        assert kw["stop_token_ids"] == [eos]
+        suppressed = suppressed_token_ids(processor)
+        assert set(kw["logit_bias"]) == set(suppressed) and eos not in kw["logit_bias"]
+        assert all(v == float("-inf") for v in kw["logit_bias"].values())
+    assert vllm_worker.sampling_kwargs({**back[0], "top_k": 5})["top_k"] == 5
+    assert len(set(seeds)) == len(seeds) and seeds[1] - seeds[0] == config.group_size  # children: seed + i
+
+
+def test_read_requests_rejects_a_shape_that_does_not_match_the_bytes(setup, tmp_path):
+    items, rates = prompt_items(setup["samples"][:1], setup["cache"])
+    rows = build_requests(setup["processor"], items, rates, config=_config(), seeds=[1])
+    rows[0]["video_shape"] = [1, 2, 3, 3]
+    path = write_requests(tmp_path / "bad.parquet", rows)
+    with pytest.raises(ValueError, match=r"row 0: video has .* bytes but shape"):
+        vllm_worker.read_requests(path)
+
+
+def _response_rows(tokenizer, prompts: int, group: int) -> list[dict]:
+    """Completions as the worker writes them: real tokens of the demo's answer format, some cut off."""
+    eos = tokenizer.eos_token_id
+    rows = []
+    for p in range(prompts):
+        for i in range(group):
+            text = f"<think>The agent walks to marker {p}.</think><answer>{'ABCD'[i % 4]}</answer>"
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            cut = i % 2 == 1
+            ids = ids[:5] if cut else [*ids, eos]
+            rows.append({"prompt_index": p, "sample_index": i, "token_ids": ids, "text": "engine text",
+                         "finish_reason": "length" if cut else "stop",
+                         "engine_logprobs": [-1.0] * len(ids), "prompt_tokens": 40 + p})
+    return rows
+
+
+def test_response_becomes_a_shard_with_hf_behaviour_logprobs(setup, tmp_path):
+    processor, samples, checkpoint = setup["processor"], setup["samples"], setup["checkpoint"]
+    tok = processor.tokenizer
+    config = _config()
+    items, rates = prompt_items(samples, setup["cache"])
+    path = vllm_worker.write_table_atomic(tmp_path / "resp.parquet", _response_rows(tok, len(samples), 2)[::-1],
+                                          vllm_worker.RESPONSE_SCHEMA)  # any row order
+    completions, info = read_responses(path, prompts=len(samples), group_size=2, tokenizer=tok)
+    assert [(c.prompt_index, c.sample_index) for c in completions] == [(p, i) for p in range(3) for i in range(2)]
+    seeds = [vllm_prompt_seed(0, 1, g, 2) for g in range(len(samples))]
+    manifest = shard_from_completions(
+        run_id="r", iteration=1, checkpoint=checkpoint, samples=samples, items=items, rates=rates,
+        completions=completions, prompt_tokens=info["prompt_tokens"], seeds=seeds, config=config,
+        seconds_per_completion=0.5, out_dir=tmp_path / "shard", started=time.perf_counter(),
+        engine_logprobs=info["engine_logprobs"],
+    )
+    table = pq.read_table(manifest["path"])
+    assert table.schema.equals(GENERATED_SCHEMA) and manifest["rows"] == table.num_rows == 6
+    rows = table.to_pylist()
+    assert {r["backend"] for r in rows} == {"vllm"}
+    for r, c in zip(rows, completions, strict=True):
+        assert r["group"] == c.prompt_index and r["sample_index"] == c.sample_index
+        assert r["rollout_uid"] == f"r/1/{r['group']}/{r['sample_index']}"
+        assert r["sample_id"] == samples[r["group"]].sample_id and r["seed"] == seeds[r["group"]]
+        assert r["completion_ids"] == list(c.token_ids) and r["completion_tokens"] == len(c.token_ids)
+        assert r["completion"] == tok.decode(list(c.token_ids), skip_special_tokens=True) != "engine text"
+        assert r["truncated"] == (r["sample_index"] % 2 == 1)
+        assert r["prompt_tokens"] == 40 + r["group"]
+        assert len(r["behaviour_logprobs"]) == len(c.token_ids)
+        assert all(math.isfinite(v) and v <= 0 for v in r["behaviour_logprobs"])
+    # chunked recomputation equals one forward per completion under the same policy
+    model, _ = load_policy(checkpoint)
+    k = 5
+    alone = behaviour_logprobs(model, processor, [items[completions[k].prompt_index]],
+                               [rates[completions[k].prompt_index]], [completions[k].token_ids], temperature=1.0)[0]
+    assert np.allclose(rows[k]["behaviour_logprobs"], alone, atol=1e-5)
+    expected_gap = max(abs(v + 1.0) for r in rows for v in r["behaviour_logprobs"])
+    assert math.isclose(manifest["engine_logprob_gap"], expected_gap, rel_tol=1e-5)
+
+
+def test_response_with_missing_completions_is_refused(setup, tmp_path):
+    tok = setup["processor"].tokenizer
+    path = vllm_worker.write_table_atomic(tmp_path / "resp.parquet", _response_rows(tok, 2, 2)[:-1],
+                                          vllm_worker.RESPONSE_SCHEMA)
+    with pytest.raises(VllmBackendError, match="3 completions for 2 prompts x G=2"):
+        read_responses(path, prompts=2, group_size=2, tokenizer=tok)
+
+
+def test_worker_imports_only_the_standard_library_numpy_pyarrow_and_vllm():
+    tree = ast.parse(WORKER_FILE.read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "relative imports would pull in care"
+            imported.add(node.module.split(".")[0])
+    assert "vllm" in imported
+    bad = {m for m in imported if m not in sys.stdlib_module_names and m not in ALLOWED_THIRD_PARTY}
+    assert not bad, f"vllm_worker imports {bad}"
+    # and it really imports with torch, transformers, prefect, pydantic and the rest of care blocked
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        top = name.split('.')[0]\n"
+        "        ok = name in ('care', 'care.models', 'care.models.vllm_worker')\n"
+        "        if top in ('torch', 'transformers', 'prefect', 'pydantic') or (top == 'care' and not ok):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import care.models.vllm_worker as w\n"
+        "w.parse_args(['a', 'b', '--model', 'm'])\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_missing_or_wrong_vllm_python_is_a_clear_error(setup, tmp_path):
+    kw = {"run_id": "r", "iteration": 0, "checkpoint": setup["checkpoint"], "samples": setup["samples"],
+          "cache": setup["cache"], "seed": 0, "out_dir": tmp_path / "out"}
+    with pytest.raises(VllmBackendError, match=r"needs rollout.vllm_python.*docs/vllm.md"):
+        run_rollout_stage(config=_config(), **kw)
+    with pytest.raises(VllmBackendError, match=r"vllm_python=.*nope/bin/python: not a file"):
+        run_rollout_stage(config=_config(vllm_python=str(tmp_path / "nope/bin/python")), **kw)
+    assert not (tmp_path / "out" / "generated.parquet").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="this environment has vllm installed")
+def test_worker_without_vllm_fails_with_a_message_the_parent_surfaces(setup, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(VllmBackendError) as err:
+        run_vllm_rollouts(run_id="r", iteration=0, checkpoint=setup["checkpoint"], samples=setup["samples"],
+                          cache=setup["cache"], config=_config(vllm_python=sys.executable), seed=0, out_dir=out)
+    message = str(err.value)
+    assert f"exited with status {vllm_worker.EXIT_NO_VLLM}" in message
+    assert f"vllm is not installed in {sys.executable}" in message
+    assert (out / "vllm_request.parquet").is_file()  # the worker read it (a bad file fails earlier)
+    assert not (out / "generated.parquet").exists() and not (out / "vllm_response.parquet").exists()
+
+
+def test_a_hanging_worker_times_out_with_its_stderr(tmp_path):
+    command = [sys.executable, "-c", "import sys, time; print('loading weights', file=sys.stderr, flush=True); "
+               "time.sleep(60)"]
+    with pytest.raises(VllmBackendError, match=r"did not finish within 2 s(.|\n)*loading weights"):
+        run_worker(command, timeout=2)
+
+
+def _vllm_python() -> str:
+    return os.environ.get("CARE_VLLM_PYTHON", str(REPO / ".venv-vllm" / "bin" / "python"))
+
+
+def _gpu_and_vllm() -> bool:
+    import torch
+
+    if not torch.cuda.is_available() or not Path(_vllm_python()).is_file():
+        return False
+    probe = subprocess.run([_vllm_python(), "-c", "import vllm"], capture_output=True, timeout=300)
+    return probe.returncode == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu_and_vllm(), reason="needs a CUDA GPU and vllm")
+def test_vllm_rollouts_on_a_gpu(tmp_path, demo_root):
+    from care.data.demo import benchmark_corpus, demo_corpus
+    from care.models.tiny import make_tiny_model
+
+    # head_dim 32 (hidden 128 / 4 heads): vLLM's GPU attention kernels do not take the default tiny model's 16
+    model = make_tiny_model(tmp_path / "tiny", corpus=benchmark_corpus(demo_root) + demo_corpus(), seed=0,
+                            hidden_size=128, vision_hidden_size=128)
+    checkpoint = make_initial_checkpoint(model, tmp_path / "iter-00000")
+    samples, cache = _cached_samples(Path(demo_root), tmp_path / "cache", 4)
+    config = _config(vllm_python=_vllm_python(), group_size=4)
+    manifest = run_rollout_stage(run_id="g", iteration=0, checkpoint=checkpoint, samples=samples, cache=cache,
+                                 config=config, seed=0, out_dir=tmp_path / "out")
+    rows = pq.read_table(manifest["path"]).to_pylist()
+    assert manifest["rows"] == len(rows) == len(samples) * 4 and {r["backend"] for r in rows} == {"vllm"}
+    assert all(len(r["behaviour_logprobs"]) == r["completion_tokens"] > 0 for r in rows)
+    # the engine sampled from the same distribution the HF forward scores (temperature 1, fp32 weights)
+    assert manifest["engine_logprob_gap"] < 1e-2, manifest
+
+
+def test_hf_backend_still_writes_its_shard_through_the_shared_row_builder(setup, tmp_path):
+    config = _config(backend="hf")
+    manifest = run_rollout_stage(run_id="h", iteration=2, checkpoint=setup["checkpoint"], samples=setup["samples"],
+                                 cache=setup["cache"], config=config, seed=5, out_dir=tmp_path / "hf")
+    table = pq.read_table(manifest["path"])
+    assert table.schema.equals(GENERATED_SCHEMA) and manifest["rows"] == table.num_rows == 3 * 2
+    assert set(manifest) >= {"path", "rows", "prompts", "seconds", "completion_tokens"}
+    rows = table.to_pylist()
+    assert {r["backend"] for r in rows} == {"hf"}
+    assert [(r["group"], r["sample_index"]) for r in rows] == [(g, i) for g in range(3) for i in range(2)]
+    # generation_batch_prompts=2: prompts 0-1 are chunk 0, prompt 2 is chunk 1, each seeded per chunk
+    assert rows[0]["seed"] == rows[3]["seed"] != rows[4]["seed"]
+    assert all(len(r["behaviour_logprobs"]) == r["completion_tokens"] for r in rows)
+    assert manifest["completion_tokens"] == sum(r["completion_tokens"] for r in rows)
