@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from care.errors import CareError
+from care.failpoints import failpoint
 
 MANIFEST = "MANIFEST.json"
 FORMAT_VERSION = 1
@@ -204,6 +205,7 @@ def save_checkpoint(
         _write_json(tmp / "state.json", {"format_version": FORMAT_VERSION, **st.__dict__})
         write_manifest(tmp)
         _fsync_tree(tmp)
+        failpoint("checkpoint-write", st.iteration)
         if folder.exists():
             trash = folder.parent / f".trash-{folder.name}-{uuid.uuid4().hex[:8]}"
             folder.rename(trash)

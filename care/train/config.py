@@ -66,6 +66,7 @@ class OptimConfig(StageConfig):
     learning_rate: float = Field(1e-6, gt=0, description="AdamW peak learning rate.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
     max_grad_norm: float = Field(5.0, gt=0, description="Gradient-norm clip.")
     lr_scheduler: Literal["cosine", "constant"] = Field("cosine", description="Learning-rate schedule over the run.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up optimizer steps.")

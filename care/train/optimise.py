@@ -32,6 +32,7 @@ from care.algo.ema import ReferenceUpdater, unwrap_model
 from care.algo.likelihood import token_log_probs
 from care.algo.losses import policy_loss
 from care.data.schema import Sample
+from care.failpoints import failpoint
 from care.media.frame_cache import FrameCache
 from care.models.inputs import encode_prompt_completions, model_inputs
 from care.store.rollout_log import read_rows
@@ -56,7 +57,7 @@ class CompletionLogProbs(nn.Module):
 
 def make_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=config.learning_rate, betas=tuple(config.betas),
+    return torch.optim.AdamW(params, lr=config.learning_rate, betas=tuple(config.betas), eps=config.adam_eps,
                              weight_decay=config.weight_decay)
 
 
@@ -217,6 +218,7 @@ def optimise(*, checkpoint_in: str | Path, checkpoint_out: str | Path, rows: lis
                         "skipped_nonfinite": 0.0 if finite else 1.0, "ema_updates": float(ema_updates),
                         "tokens_per_second": t_global / seconds if seconds > 0 else math.nan,
                         "update_seconds": seconds, **acc.reduce(accelerator, world)})
+    failpoint("optimise", iteration)
     out_path = None
     if accelerator.is_main_process:
         policy_module = unwrap_model(scorer).policy

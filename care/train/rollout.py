@@ -17,6 +17,7 @@ import torch
 from care.algo.likelihood import token_log_probs
 from care.algo.prompt import PROMPT_VERSION
 from care.data.schema import Sample
+from care.failpoints import failpoint
 from care.media.frame_cache import FrameCache
 from care.models.generation import Completion, Decoding, sample_completions
 from care.models.inputs import encode_prompt_completions, encode_prompts, model_inputs
@@ -79,6 +80,7 @@ def rollout_rows(*, run_id: str, iteration: int, first_group: int, samples: Sequ
 
 def write_generated(out_dir: str | Path, rows: Sequence[dict], *, prompts: int, started: float) -> dict:
     """Write ``generated.parquet`` atomically; the stage manifest (path, rows, prompts, seconds, tokens)."""
+    failpoint("rollout", rows[0]["iteration"] if rows else None)
     path = write_rows_atomic(Path(out_dir) / GENERATED_FILE, rows, GENERATED_SCHEMA)
     return {"path": str(path), "rows": len(rows), "prompts": prompts, "seconds": time.perf_counter() - started,
             "completion_tokens": sum(r["completion_tokens"] for r in rows)}

@@ -21,6 +21,7 @@ from care.algo.consistency import consistency_bonus
 from care.algo.likelihood import answer_likelihood
 from care.algo.rewards import combine_rewards, extract_answer
 from care.data.schema import Sample
+from care.failpoints import failpoint
 from care.media.frame_cache import FrameCache
 from care.models.inputs import encode_prompt_completions, model_inputs
 from care.models.loading import load_processor
@@ -89,6 +90,7 @@ def run_scoring_stage(*, generated_path: str | Path, checkpoint: str | Path, sam
             "advantage": float(adv.advantages[i]), "reference_checkpoint": ref_ckpt, "algo": algo,
             "scoring_seconds": per_row,
         })
+    failpoint("scoring", rows[0]["iteration"] if rows else None)
     path = write_rows_atomic(generated_path.parent / SCORED_FILE, scored, SCORED_SCHEMA)
     metrics = scoring_metrics(rows, scored, adv.zero_variance_groups, adv.n_groups)
     return {"path": str(path), "rows": len(scored), "seconds": time.perf_counter() - started, "metrics": metrics}

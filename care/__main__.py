@@ -1,0 +1,5 @@
+"""``python -m care`` is the ``care`` command."""
+
+from care.cli import main
+
+main()

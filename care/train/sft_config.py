@@ -1,0 +1,56 @@
+"""Typed configuration of the SFT stage (``care sft``): one frozen model, loaded from YAML.
+
+Defaults suit a real model on a GPU; ``care/configs/sft_demo.yaml`` holds the measured settings for the tiny
+model on 2 CPU cores. The same model is the ``sft`` flow's parameter schema.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from care.config import StageConfig
+from care.media.sampling import FrameSampling
+
+
+class SFTConfig(StageConfig):
+    """Supervised fine-tuning on the CoT training file, loss on the assistant turn only."""
+
+    run_name: str | None = Field(None, description="Run id; default derives from the config hash so a re-run resumes it.")
+    model: str = Field(..., description="Initial policy: a local save_pretrained folder or a hub id (GPU machines).")
+    data_root: str = Field(..., description="SEED-Bench-R1-layout root (annotations/, videos/, images/).")
+    annotations: str = Field("training_with_cot_6k.jsonl", description="CoT training file, relative to data_root/annotations (rows need a 'cot').")
+    shuffle_options: bool = Field(True, description="Shuffle the 4 options per training row (seeded); false for the tiny demo model.")
+    frames: FrameSampling = Field(default_factory=FrameSampling, description="Frame sampling of the frame cache to read (as preprocessed).")
+    seed: int = Field(0, description="Seeds the data order and the option shuffle.")
+    steps: int = Field(1000, ge=1, description="Optimizer steps (batches) to run in all, counting resumed ones.")
+    batch_size: int = Field(16, ge=1, description="Samples per step.")
+    learning_rate: float = Field(1e-5, gt=0, description="AdamW peak learning rate.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clip.")
+    lr_scheduler: Literal["constant", "cosine"] = Field("cosine", description="Learning-rate schedule after the warm-up.")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 on a GPU that supports it, else fp32.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    checkpoint_every: int = Field(200, ge=1, description="Write a resumable checkpoint every this many steps (and at the end).")
+    log_every: int = Field(50, ge=1, description="Record window-mean metrics and run the sampled check every this many steps.")
+    check_prompts: int = Field(16, ge=0, description="Training prompts greedily decoded at each log step for format/accuracy (0 = off).")
+    check_max_new_tokens: int = Field(64, ge=1, description="Completion length limit of the sampled check.")
+    keep_checkpoints: int = Field(2, ge=0, description="Keep only the newest N step checkpoints (0 = keep all).")
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> SFTConfig:
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds steps ({self.steps})")
+        return self
+
+    def run_id(self) -> str:
+        """``run_name``, or ``sft-<hash of the config>``: re-running the same config continues the same run."""
+        if self.run_name:
+            return self.run_name
+        blob = json.dumps(self.model_dump(mode="json", exclude={"run_name"}), sort_keys=True)
+        return f"sft-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"

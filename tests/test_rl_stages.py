@@ -1,0 +1,116 @@
+"""The RL stages called directly: 2 processes equal 1, weights move, EMA moves exactly, frozen does not,
+non-finite steps are skipped, PPO steps report clipping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from care.store.rollout_log import SCORED_FILE, SCORED_SCHEMA, read_rows, write_rows_atomic
+from care.train.checkpoint import is_complete, make_initial_checkpoint, read_training_state
+from care.train.config import OptimConfig, RolloutConfig, SamplingParams, ScoringConfig
+from care.train.optimise_stage import run_optimisation_stage
+from care.train.rollout import run_rollout_stage
+from care.train.scoring import run_scoring_stage
+from tests.rl_helpers import cache_demo
+
+G, P, MAX_NEW = 4, 2, 16
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory, demo_root, tiny_model_dir):
+    """One real generation batch (P prompts x G) of the tiny model, scored, with advantages set to +-1."""
+    home = tmp_path_factory.mktemp("rl_home")
+    data = cache_demo(home, demo_root)
+    samples = data.load()
+    ck0 = make_initial_checkpoint(tiny_model_dir, home / "ckpt" / "iter-00000")
+    rollout_cfg = RolloutConfig(group_size=G, prompts_per_iteration=P, sampling=SamplingParams(max_new_tokens=MAX_NEW))
+    gen = run_rollout_stage(run_id="t", iteration=0, checkpoint=ck0, samples=samples.samples[:P], cache=data.cache(),
+                            config=rollout_cfg, seed=0, out_dir=home / "rollouts" / "it0")
+    sc = run_scoring_stage(generated_path=gen["path"], checkpoint=ck0, samples=samples.by_id(), cache=data.cache(),
+                           config=ScoringConfig(), algo="grpo_care")
+    rows = read_rows(Path(sc["path"]))
+    for i, r in enumerate(rows):  # a random model earns no reward: give the update a signal to follow
+        r["advantage"] = 1.0 if i % 2 == 0 else -1.0
+    write_rows_atomic(Path(sc["path"]), rows, SCORED_SCHEMA)
+    return {"home": home, "data": data, "ck0": ck0, "generated": gen["path"], "scored": sc["path"]}
+
+
+def _optimise(batch, out_name, **optim):
+    config = OptimConfig(**{"learning_rate": 1e-2, "micro_batch_size": 2, **optim})
+    out = batch["home"] / "ckpt" / out_name
+    result = run_optimisation_stage(checkpoint_in=batch["ck0"], checkpoint_out=out, generated_path=batch["generated"],
+                                    scored_path=batch["scored"], data=batch["data"], config=config,
+                                    total_steps=10, temperature=1.0, max_new_tokens=MAX_NEW, iteration=0,
+                                    timeout_s=300)
+    return result, out
+
+
+def _weights(ckpt: Path, which: str = "policy") -> dict[str, torch.Tensor]:
+    return load_file(ckpt / which / "model.safetensors")
+
+
+def test_rollout_shard_has_every_column(batch):
+    rows = read_rows(Path(batch["generated"]))
+    assert len(rows) == P * G
+    for r in rows:
+        assert all(v is not None for v in r.values()), r
+        assert len(r["behaviour_logprobs"]) == len(r["completion_ids"]) == r["completion_tokens"]
+    scored = read_rows(Path(batch["scored"]).parent / SCORED_FILE)
+    assert len(scored) == P * G and {s["rollout_uid"] for s in scored} == {r["rollout_uid"] for r in rows}
+
+
+def test_two_processes_equal_one_process(batch):
+    # Adam's first step is ~lr * sign(g): float noise in near-zero gradients would flip whole updates. A large
+    # eps makes the step ~lr * g / eps, linear in the gradient, so equal gradients give equal weights.
+    linear = {"adam_eps": 1.0, "learning_rate": 1.0, "weight_decay": 0.0, "ema_every": 1, "ema_decay": 0.9}
+    one, ck_one = _optimise(batch, "one", **linear)
+    two, ck_two = _optimise(batch, "two", num_processes=2, **linear)
+    assert one["step"] == two["step"] == 1
+    assert one["steps"][0]["loss"] == pytest.approx(two["steps"][0]["loss"], rel=1e-5, abs=1e-7)
+    assert one["steps"][0]["grad_norm"] == pytest.approx(two["steps"][0]["grad_norm"], rel=1e-4)
+    w1, w2 = _weights(ck_one), _weights(ck_two)
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_policy_moves_and_ema_reference_moves_exactly(batch):
+    result, ck = _optimise(batch, "ema", ema_every=1, ema_decay=0.9)
+    before, after, ref = _weights(batch["ck0"]), _weights(ck), _weights(ck, "reference")
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) > len(before) // 2
+    for k in before:  # ref <- 0.9 * ref0 + 0.1 * policy_after_step (ref0 == policy0)
+        torch.testing.assert_close(ref[k], 0.9 * before[k] + 0.1 * after[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert result["steps"][0]["ema_updates"] == 1.0
+    assert read_training_state(ck).extra["ema_updates"] == 1
+
+
+def test_frozen_reference_does_not_move(batch):
+    _, ck = _optimise(batch, "frozen", ref_mode="frozen", ema_every=1)
+    before, ref = _weights(batch["ck0"], "reference"), _weights(ck, "reference")
+    assert all(torch.equal(before[k], ref[k]) for k in before)
+
+
+def test_nonfinite_loss_skips_the_step(batch, tmp_path):
+    rows = read_rows(Path(batch["scored"]))
+    rows[0]["advantage"] = float("nan")
+    bad = dict(batch, scored=str(tmp_path / SCORED_FILE))
+    write_rows_atomic(Path(bad["scored"]), rows, SCORED_SCHEMA)
+    result, ck = _optimise(bad, "nan")
+    assert result["step"] == 0 and result["steps"][0]["skipped_nonfinite"] == 1.0
+    before, after = _weights(batch["ck0"]), _weights(ck)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert is_complete(ck) and read_training_state(ck).extra["skipped_steps"] == 1
+
+
+def test_several_ppo_steps_per_generation(batch):
+    result, _ = _optimise(batch, "ppo", steps_per_generation=3, eps_low=0.01, eps_high=0.01)
+    steps = result["steps"]
+    assert [s["step"] for s in steps] == [1, 2, 3]
+    assert steps[0]["approx_kl"] == pytest.approx(0.0, abs=1e-6)  # first step: policy == behaviour
+    assert steps[2]["approx_kl"] > 0
+    assert steps[2]["clip_frac_low"] + steps[2]["clip_frac_high"] > 0
