@@ -99,8 +99,12 @@ def test_request_file_round_trips_frames_fps_and_sampling_exactly(setup, tmp_pat
             assert req["video"].dtype == np.uint8 and np.array_equal(req["video"], item.video)
             assert req["video_fps"] == fps  # the real sampled rate, bit for bit
             prompt = vllm_worker.engine_prompt(req)
-            assert prompt["mm_processor_kwargs"] == {"fps": fps, "do_sample_frames": False}
-            assert np.array_equal(prompt["multi_modal_data"]["video"], item.video)
+            assert prompt["mm_processor_kwargs"] == {"do_sample_frames": False}
+            frames, meta = prompt["multi_modal_data"]["video"]
+            assert np.array_equal(frames, item.video)
+            # what the HF processor derives the temporal spacing from: sampled_fps = kept / total * fps
+            assert len(meta["frames_indices"]) / meta["total_num_frames"] * meta["fps"] == fps
+            assert meta["total_num_frames"] == len(item.video) and math.isclose(meta["duration"] * fps, len(item.video))
         assert req["image"].dtype == np.uint8 and np.array_equal(req["image"], item.image)
         assert req["seed"] == seeds[k]
         kw = vllm_worker.sampling_kwargs(req)
@@ -295,3 +299,21 @@ def test_hf_backend_still_writes_its_shard_through_the_shared_row_builder(setup,
     assert rows[0]["seed"] == rows[3]["seed"] != rows[4]["seed"]
     assert all(len(r["behaviour_logprobs"]) == r["completion_tokens"] for r in rows)
     assert manifest["completion_tokens"] == sum(r["completion_tokens"] for r in rows)
+
+
+def test_video_metadata_gives_the_hf_processor_the_real_frame_rate(setup):
+    """The metadata the worker attaches is what vLLM forwards to the HF processor (vLLM PR #47736); with it the
+    processor's temporal spacing uses the real rate instead of its 24 fps default."""
+    from transformers.video_utils import VideoMetadata
+
+    processor = setup["processor"]
+    items, rates = prompt_items([s for s in setup["samples"] if s.video][:1], setup["cache"])
+    frames, fps = items[0].video, rates[0]
+    meta = {k: v for k, v in vllm_worker.video_metadata(len(frames), fps).items() if k != "do_sample_frames"}
+    text = ["<|vision_start|><|video_pad|><|vision_end|>"]
+    enc = processor(text=text, videos=[frames], video_metadata=[VideoMetadata(**meta)],
+                    videos_kwargs={"do_sample_frames": False}, return_tensors="pt")
+    tps = processor.video_processor.temporal_patch_size
+    assert math.isclose(float(enc["second_per_grid_ts"][0]), tps / fps, rel_tol=1e-6)
+    bare = processor(text=text, videos=[frames], videos_kwargs={"do_sample_frames": False}, return_tensors="pt")
+    assert not math.isclose(float(bare["second_per_grid_ts"][0]), tps / fps)  # what vLLM would use without it

@@ -14,16 +14,21 @@ video frames as raw uint8 bytes + shape + their real sampling fps, the image as 
 sampling parameters. Response: one row per completion (``RESPONSE_SCHEMA``): token ids, text, finish reason,
 the engine's log-probs of the sampled tokens and the expanded prompt length.
 
-What this relies on in vLLM (checked against vllm 0.11.0, the version ``requirements-vllm.txt`` pins):
-- ``docs/features/multimodal_inputs.md`` ("Video Inputs"): a video may be passed as a NumPy array of frames in
-  ``multi_modal_data["video"]``; images as arrays too. Qwen2.5-VL's vLLM processor
-  (``vllm/model_executor/models/qwen2_5_vl.py``, ``Qwen2_5_VLMultiModalProcessor``) calls the Hugging Face
-  ``Qwen2_5_VLProcessor`` and takes ``second_per_grid_ts`` from its output; that processor (transformers 4.5x)
-  computes it as ``temporal_patch_size / fps`` from the ``fps`` processor kwarg (default 2.0). So the real
-  sampled rate goes in per prompt as ``mm_processor_kwargs={"fps": fps, "do_sample_frames": False}`` (frames are
-  already sampled; vLLM must not resample them). transformers 5 takes the rate from video metadata instead,
-  which the Qwen2.5-VL parser of vllm 0.11 does not carry; ``check_transformers`` refuses that combination
-  rather than silently using 24 fps.
+What this relies on in vLLM (read in vLLM's source and pull requests; vLLM cannot run on the machine this was
+written on, so ``test_vllm_rollouts_on_a_gpu`` is what confirms it end to end):
+- ``docs/features/multimodal_inputs.md`` ("Video Inputs"): videos go in ``multi_modal_data["video"]`` as NumPy
+  frame arrays, images as arrays too.
+- The rate of the frames: Qwen2.5-VL's temporal M-RoPE spacing is ``second_per_grid_ts``, which the Hugging Face
+  ``Qwen2_5_VLProcessor`` of transformers 5 computes from ``video_metadata.sampled_fps`` (24 fps when no metadata
+  is given; transformers 4.x took an ``fps`` kwarg instead). vLLM PR #47736 ("[Bugfix][Qwen2.5-VL] Honor video
+  fps for temporal M-RoPE", merged 2026-07-06) makes vLLM's Qwen2.5-VL processor keep ``(frames, metadata)``
+  tuples and forward the metadata to the HF processor; bare arrays are refused since. So each video goes in as
+  ``(frames, video_metadata(T, fps))`` with ``frames_indices = 0..T-1`` and ``total_num_frames = T`` (so
+  ``sampled_fps`` equals the real rate), the keys vLLM's own Qwen3-VL dummy inputs use, and
+  ``mm_processor_kwargs={"do_sample_frames": False}`` (frames are already sampled; vLLM must not resample).
+  ``requirements-vllm.txt`` pins a vLLM released after that PR, with transformers 5 (the format the main
+  environment writes checkpoints in); ``check_transformers`` refuses transformers 4.x, whose processor would
+  ignore the metadata and assume 2 fps.
 - ``SamplingParams(n=G, seed=S)``: vLLM V1 fans a request out into G children seeded ``S + i``
   (``vllm/v1/engine/parallel_sampling.py``), so the parent gives prompts seeds G apart.
 - ``logit_bias`` (token id -> bias, added to the logits; ids validated against the vocabulary in
@@ -144,12 +149,24 @@ def sampling_kwargs(request: dict) -> dict:
     }
 
 
+def video_metadata(num_frames: int, fps: float) -> dict:
+    """Metadata of already-sampled frames: every frame kept, so the HF processor's ``sampled_fps`` is ``fps``.
+
+    >>> video_metadata(4, 2.0)["duration"]
+    2.0
+    """
+    return {"fps": float(fps), "duration": num_frames / float(fps), "total_num_frames": int(num_frames),
+            "frames_indices": list(range(int(num_frames))), "video_backend": "care-frame-cache",
+            "do_sample_frames": False}
+
+
 def engine_prompt(request: dict) -> dict:
-    """The ``vllm.inputs.TextPrompt`` of one request row: text, frames / image, and the frames' real fps."""
+    """The ``vllm.inputs.TextPrompt`` of one request row: text, frames with their real rate, image."""
     data, prompt = {}, {"prompt": request["prompt"]}
     if request["video"] is not None:
-        data["video"] = request["video"]
-        prompt["mm_processor_kwargs"] = {"fps": float(request["video_fps"]), "do_sample_frames": False}
+        frames = request["video"]
+        data["video"] = (frames, video_metadata(frames.shape[0], request["video_fps"]))
+        prompt["mm_processor_kwargs"] = {"do_sample_frames": False}
     if request["image"] is not None:
         data["image"] = request["image"]
     if data:
@@ -179,14 +196,14 @@ def response_rows(outputs) -> list[dict]:
 
 
 def check_transformers() -> None:
-    """Refuse transformers >= 5 (see the module docstring: the fps would be silently ignored)."""
+    """Refuse transformers 4.x (see the module docstring: the frames' rate would be silently replaced by 2 fps)."""
     try:
         version = importlib.metadata.version("transformers")
     except importlib.metadata.PackageNotFoundError:
         return  # vllm cannot import without it; its own error is clearer
-    if int(version.split(".")[0]) >= 5:
-        sys.stderr.write(f"transformers {version} in {sys.executable}: its Qwen2.5-VL processor reads the video "
-                         "rate from metadata that vLLM does not pass; install requirements-vllm.txt\n")
+    if int(version.split(".")[0]) < 5:
+        sys.stderr.write(f"transformers {version} in {sys.executable}: its Qwen2.5-VL processor ignores video "
+                         "metadata, so the frames' real rate would be lost; install requirements-vllm.txt\n")
         raise SystemExit(EXIT_BAD_ENVIRONMENT)
 
 
