@@ -40,5 +40,5 @@ def sql_command(
     if fmt not in ("table", "csv", "json"):
         raise typer.BadParameter(f"--format {fmt!r}: choose table, csv or json")
     fmt = "json" if state(ctx).json else fmt
-    result = run_query(query, catalog=ws.catalog_path, allowed_dirs=[ws.frame_cache_dir, ws.rollouts_dir])
+    result = run_query(query, catalog=ws.catalog_path, allowed_dirs=[ws.frame_cache_dir, ws.rollouts_dir, ws.runs_dir])
     typer.echo(render(result, fmt))
