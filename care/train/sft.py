@@ -135,12 +135,13 @@ def sft_step(model, processor, optimizer, scheduler, batch: tuple, *, max_grad_n
     loss.backward()
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm))
     lr = scheduler.get_last_lr()[0]
-    applied = math.isfinite(float(loss)) and math.isfinite(grad_norm)
+    loss_value = float(loss.detach())
+    applied = math.isfinite(loss_value) and math.isfinite(grad_norm)
     if applied:
         optimizer.step()
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(float(loss), grad_norm, lr, n_tokens, applied)
+    return StepResult(loss_value, grad_norm, lr, n_tokens, applied)
 
 
 @torch.no_grad()
@@ -233,13 +234,15 @@ def _load_start(config: SFTConfig, ckpt_dir: Path, device: torch.device, dtype: 
 
 def run_sft(*, config: SFTConfig, sample_set: SampleSet, cache: FrameCache, run_dir: str | Path,
             on_log: Callable[[int, dict], None] | None = None,
-            on_checkpoint: Callable[[int, str], None] | None = None, progress: bool = True) -> dict:
+            on_checkpoint: Callable[[int, str], None] | None = None, progress: bool = True,
+            stop_at: int | None = None) -> dict:
     """Train (or continue training) to ``config.steps`` steps; checkpoints under ``<run_dir>/checkpoints``.
 
     ``on_log(step, metrics)`` is called every ``log_every`` steps with window means (loss, grad_norm,
     learning_rate, tokens_per_second, seconds_per_step, skipped_nonfinite) plus, when ``check_prompts`` > 0,
     ``check_format`` / ``check_accuracy`` of greedy decoding on fixed training prompts. ``on_checkpoint(step,
-    path)`` after each checkpoint is written. Returns {"checkpoint", "step", "skipped_steps", "seconds",
+    path)`` after each checkpoint is written. ``stop_at``: end this call after that step with a checkpoint, as an
+    interruption would (the schedule still spans ``config.steps``; a later call continues). Returns {"checkpoint", "step", "skipped_steps", "seconds",
     "history": [{"step", ...metrics}], "resumed_from"}.
     """
     started = time.perf_counter()
@@ -260,7 +263,8 @@ def run_sft(*, config: SFTConfig, sample_set: SampleSet, cache: FrameCache, run_
     last_ckpt = str(ckpt_dir / checkpoint_name(step)) if step else None
     bar = tqdm(total=config.steps, initial=step, desc="sft", unit="step", disable=not progress, leave=False)
     model.train()
-    while step < config.steps:
+    end = min(config.steps, stop_at) if stop_at is not None else config.steps
+    while step < end:
         t0 = time.perf_counter()
         batch = store.get(batch_ids(ids, batch_size=config.batch_size, index=step, seed=config.seed))
         result = sft_step(model, processor, optimizer, scheduler, batch, max_grad_norm=config.max_grad_norm)
@@ -279,7 +283,7 @@ def run_sft(*, config: SFTConfig, sample_set: SampleSet, cache: FrameCache, run_
             history.append({"step": step, **entry})
             if on_log:
                 on_log(step, entry)
-        if step % config.checkpoint_every == 0 or step == config.steps:
+        if step % config.checkpoint_every == 0 or step == end:
             last_ckpt = _checkpoint(model, processor, optimizer, scheduler, ckpt_dir, step, skipped, len(ids), config)
             if on_checkpoint:
                 on_checkpoint(step, last_ckpt)

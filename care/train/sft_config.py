@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from care.config import StageConfig
 from care.media.sampling import FrameSampling
@@ -41,12 +41,6 @@ class SFTConfig(StageConfig):
     check_prompts: int = Field(16, ge=0, description="Training prompts greedily decoded at each log step for format/accuracy (0 = off).")
     check_max_new_tokens: int = Field(64, ge=1, description="Completion length limit of the sampled check.")
     keep_checkpoints: int = Field(2, ge=0, description="Keep only the newest N step checkpoints (0 = keep all).")
-
-    @model_validator(mode="after")
-    def _warmup_fits(self) -> SFTConfig:
-        if self.warmup_steps > self.steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds steps ({self.steps})")
-        return self
 
     def run_id(self) -> str:
         """``run_name``, or ``sft-<hash of the config>``: re-running the same config continues the same run."""
