@@ -207,3 +207,34 @@ def test_care_eval_without_a_checkpoint_is_a_one_line_error(demo_root, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "checkpoint" in err and "Field required" in err and "Traceback" not in err
+
+
+def test_likelihood_model_reference_reads_the_checkpoint_reference(tmp_path, demo_root, tiny_model_dir):
+    from care.errors import CareError
+    from care.eval.evaluate import load_likelihood_model
+
+    ckpt = make_initial_checkpoint(tiny_model_dir, tmp_path / "iter-00000")
+    policy, processor = load_model(model_path(str(ckpt))), load_processor(model_path(str(ckpt)))
+    config = EvalConfig(checkpoint=str(ckpt), data_root=str(demo_root), likelihood_model="reference")
+    assert [j.reference for j in config.judge_configs() if j.name == "reference_likelihood"] == ["reference"]
+    scorer = load_likelihood_model(config, policy, processor, "cpu", None)
+    assert scorer is not policy
+    assert all(a.equal(b) for a, b in zip(scorer.parameters(), policy.parameters(), strict=True))
+    assert load_likelihood_model(config.model_copy(update={"likelihood_model": "policy"}), policy, processor,
+                                 "cpu", None) is policy
+    plain = config.model_copy(update={"checkpoint": str(tiny_model_dir)})  # a model folder has no reference/
+    with pytest.raises(CareError, match="reference/"):
+        load_likelihood_model(plain, policy, processor, "cpu", None)
+
+
+def test_likelihood_model_folder_must_share_the_tokenizer(tmp_path, demo_root, tiny_model_dir):
+    from care.errors import CareError
+    from care.eval.evaluate import load_likelihood_model
+    from care.models.tiny import make_tiny_model
+
+    policy, processor = load_model(tiny_model_dir), load_processor(tiny_model_dir)
+    same = EvalConfig(checkpoint=str(tiny_model_dir), data_root=str(demo_root), likelihood_model=str(tiny_model_dir))
+    assert load_likelihood_model(same, policy, processor, "cpu", None) is not policy
+    other = make_tiny_model(tmp_path / "other", corpus=["a different corpus, a different vocabulary"] * 4, seed=1)
+    with pytest.raises(CareError, match="tokenizer differs"):
+        load_likelihood_model(same.model_copy(update={"likelihood_model": str(other)}), policy, processor, "cpu", None)

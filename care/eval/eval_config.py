@@ -39,7 +39,7 @@ class EvalDecoding(StageConfig):
 
 
 def _default_judges() -> list[JudgeConfig]:
-    return [JudgeConfig(name="rule"), JudgeConfig(name="reference_likelihood", reference=LIKELIHOOD_POLICY)]
+    return [JudgeConfig(name="rule"), JudgeConfig(name="reference_likelihood")]  # reference: set from likelihood_model
 
 
 class EvalConfig(StageConfig):

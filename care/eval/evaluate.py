@@ -155,10 +155,10 @@ def load_likelihood_model(config: EvalConfig, policy, processor, device, dtype):
     """The model that scores answer likelihoods; it must share the policy's tokenizer (same token ids)."""
     if config.likelihood_model == LIKELIHOOD_POLICY:
         return policy
-    path = (reference_model_path(config.checkpoint) if config.likelihood_model == LIKELIHOOD_REFERENCE
-            else config.likelihood_model)
-    other = load_processor(path).tokenizer
-    if other.get_vocab() != processor.tokenizer.get_vocab():
+    if config.likelihood_model == LIKELIHOOD_REFERENCE:  # saved weights only; it shares the policy's tokenizer
+        return load_model(reference_model_path(config.checkpoint), dtype=dtype, device=device)
+    path = config.likelihood_model
+    if load_processor(path).tokenizer.get_vocab() != processor.tokenizer.get_vocab():
         raise CareError(f"likelihood_model {path}: its tokenizer differs from the evaluated model's; the "
                         "likelihood model must score the same token ids (use the same model family)")
     return load_model(path, dtype=dtype, device=device)
