@@ -53,9 +53,10 @@ def rl(config: RLConfig, home: str | None = None) -> dict:
         start, ckpt = (found[0], str(found[1])) if found else (
             0, initial_checkpoint(config.model, str(ckpt_dir / iteration_checkpoint_name(0))))
         available = list_samples(data)
+        todo = (f"iterations {start + 1}..{config.iterations}" if start < config.iterations
+                else f"already complete ({start} iterations)")
         print(f"run {run_id}: {len(available['sample_ids'])} training samples "
-              f"({available['excluded']} excluded for media, {available['rejected_rows']} rows rejected); "
-              f"iterations {start + 1}..{config.iterations}")
+              f"({available['excluded']} excluded for media, {available['rejected_rows']} rows rejected); {todo}")
         ro, s = config.rollout, config.rollout.sampling
         for it in range(start, config.iterations):
             t0 = time.perf_counter()

@@ -1,0 +1,110 @@
+"""The ``rl`` flow through the ``care`` command, in real processes: 3 iterations end to end, the rollout log
+and ``care sql``, and a real SIGKILL during the optimisation stage followed by a re-run that ends with the same
+weights as an uninterrupted run and no duplicate catalog rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tests.rl_helpers import cache_demo
+
+P, G, ITERATIONS = 2, 4, 3
+
+
+def _care(home: Path, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    full_env.update({"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "CARE_HOME": str(home),
+                     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", **(env or {})})
+    return subprocess.run([sys.executable, "-m", "care", *args], env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _config(tmp: Path, demo_root: Path, model: Path) -> Path:
+    cfg = {"model": str(model), "data_root": str(demo_root), "iterations": ITERATIONS, "shuffle_options": False,
+           "run_name": "flowtest", "frames": {"nframes": 4},
+           "rollout": {"group_size": G, "prompts_per_iteration": P, "sampling": {"max_new_tokens": 16}},
+           "optim": {"learning_rate": 1e-2, "micro_batch_size": 4, "ema_every": 1}}
+    path = tmp / "rl.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, demo_root, tiny_model_dir):
+    home = tmp_path_factory.mktemp("home_a")
+    cache_demo(home, demo_root)
+    config = _config(home, demo_root, tiny_model_dir)
+    proc = _care(home, "rl", "--config", str(config))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"home": home, "config": config, "stdout": proc.stdout + proc.stderr}
+
+
+def _sql(home: Path, query: str) -> list[dict]:
+    proc = _care(home, "sql", query, "--format", "json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+def _final_weights(home: Path) -> dict[str, torch.Tensor]:
+    ckpt = home / "runs" / "flowtest" / "checkpoints" / f"iter-{ITERATIONS:05d}"
+    return {**{f"p.{k}": v for k, v in load_file(ckpt / "policy" / "model.safetensors").items()},
+            **{f"r.{k}": v for k, v in load_file(ckpt / "reference" / "model.safetensors").items()}}
+
+
+def test_three_iterations_fill_the_rollout_log(uninterrupted):
+    home = uninterrupted["home"]
+    assert "iteration 3/3" in uninterrupted["stdout"]
+    per_iteration = _sql(home, "select iteration, count(*) as n from rollouts group by 1 order by 1")
+    assert per_iteration == [{"iteration": i, "n": P * G} for i in range(ITERATIONS)]
+    nulls = _sql(home, "select count(*) as n from rollouts where "
+                       + " or ".join(f'"{c}" is null' for c in (
+                           "completion", "completion_ids", "behaviour_logprobs", "reward", "reward_accuracy",
+                           "reward_format", "bonus", "advantage", "policy_checkpoint", "reference_checkpoint")))
+    assert nulls == [{"n": 0}]
+    stages = _sql(home, "select stage, count(*) as n, bool_and(status = 'completed') as ok from stages "
+                        "group by 1 order by 1")
+    assert stages == [{"stage": s, "n": ITERATIONS, "ok": True} for s in ("optimise", "rollout", "scoring")]
+    steps = _sql(home, "select count(distinct step) as n from metrics where name = 'grad_norm'")
+    assert steps == [{"n": ITERATIONS}]
+    assert _sql(home, "select status from runs") == [{"status": "completed"}]
+
+
+def test_rerun_of_a_finished_run_does_nothing_new(uninterrupted):
+    home = uninterrupted["home"]
+    before = _final_weights(home)
+    proc = _care(home, "rl", "--config", str(uninterrupted["config"]))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "already complete" in proc.stdout + proc.stderr
+    after = _final_weights(home)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert _sql(home, "select count(*) as n from rollouts") == [{"n": ITERATIONS * P * G}]
+
+
+def test_sigkill_during_optimisation_then_rerun_matches(uninterrupted, tmp_path, demo_root, tiny_model_dir):
+    home = tmp_path / "home_b"
+    cache_demo(home, demo_root)
+    config = _config(tmp_path, demo_root, tiny_model_dir)
+    killed = _care(home, "rl", "--config", str(config), env={"CARE_FAILPOINT": "optimise@1"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (home / "runs" / "flowtest" / "checkpoints" / "iter-00002").exists()
+    resumed = _care(home, "rl", "--config", str(config))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    out = resumed.stdout + resumed.stderr
+    assert "cached: rollout, scoring" in out  # the interrupted iteration re-did only the optimisation
+    want, got = _final_weights(uninterrupted["home"]), _final_weights(home)
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
+    assert _sql(home, "select count(*) as n, count(distinct rollout_uid) as u from rollouts") == [
+        {"n": ITERATIONS * P * G, "u": ITERATIONS * P * G}]
+    assert _sql(home, "select count(*) as n from stages") == [{"n": 3 * ITERATIONS}]
+    dup = _sql(home, "select count(*) as n from (select run_id, step, name from metrics group by all having count(*) > 1)")
+    assert dup == [{"n": 0}]
