@@ -17,7 +17,7 @@ from care.cli import evaluate as evaluate_cli
 from care.cli import models as models_cli
 from care.cli import preprocess as preprocess_cli
 from care.cli import rl as rl_cli
-from care.cli import sft as sft_cli
+from care.cli import run as run_cli
 from care.cli import sft as sft_cli
 from care.cli import sql as sql_cli
 from care.cli.common import CliState
@@ -47,7 +47,7 @@ app.add_typer(data_cli.app, name="data", help="Generate and validate datasets (e
 app.command("preprocess")(preprocess_cli.preprocess_command)
 app.command("sql")(sql_cli.sql_command)
 app.command("rl")(rl_cli.rl_command)
-app.command("sft")(sft_cli.sft_command)
+app.command("run")(run_cli.run_command)
 app.command("sft")(sft_cli.sft_command)
 app.command("eval")(evaluate_cli.eval_command)
 

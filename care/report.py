@@ -1,0 +1,76 @@
+"""Results of a pipeline run as a table (levels x accuracy and consistency per judge) and training series.
+
+Pure formatting plus one read of the ``metrics`` table; used by the pipeline's report task and ``care show``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+TRAINING_METRICS = {
+    "loss": "SFT loss",
+    "check_format": "SFT format (greedy, train prompts)",
+    "check_accuracy": "SFT accuracy (greedy, train prompts)",
+    "reward_mean": "RL reward (mean)",
+    "reward_accuracy_mean": "accuracy reward (sampled)",
+    "bonus_rate": "consistency bonus rate",
+    "consistency_likelihood_mean": "answer likelihood (reference)",
+}
+
+
+def _fmt(x) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.3f}"
+
+
+def pipeline_table(evaluations: Mapping[str, Mapping]) -> list[dict]:
+    """One row per (evaluated checkpoint, level): accuracy with its 95 % interval, consistency per judge."""
+    rows = []
+    for point, ev in evaluations.items():
+        for m in ev["levels"]:
+            a = m["accuracy"]
+            row = {"checkpoint": point, "level": m["level"], "n": a["n"], "accuracy": a["accuracy"],
+                   "ci_low": a["ci_low"], "ci_high": a["ci_high"]}
+            for s in m["consistency"]:
+                row[f"consistency[{s['judge_label']}]"] = s["rate"]
+            rows.append(row)
+    return rows
+
+
+def render_table(rows: Sequence[Mapping], *, markdown: bool = False) -> str:
+    """A fixed-width (or markdown) rendering of ``pipeline_table`` rows."""
+    if not rows:
+        return "(no evaluation)"
+    columns = list(dict.fromkeys(k for r in rows for k in r if k not in ("ci_low", "ci_high")))
+    cells = []
+    for r in rows:
+        line = []
+        for c in columns:
+            v = r.get(c)
+            if c == "accuracy":
+                line.append(f"{_fmt(v)} [{_fmt(r.get('ci_low'))}, {_fmt(r.get('ci_high'))}]")
+            else:
+                line.append(_fmt(v) if isinstance(v, float) else str(v if v is not None else "-"))
+        cells.append(line)
+    if markdown:
+        head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns)
+        return head + "\n" + "\n".join("| " + " | ".join(line) + " |" for line in cells)
+    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
+    out = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    out += ["  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)) for line in cells]
+    return "\n".join(out)
+
+
+def training_series(con, run_ids: Mapping[str, str]) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """metric label -> {stage label: [(step, value)]} from the catalog's ``metrics`` of the given runs."""
+    series: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for label, run_id in run_ids.items():
+        rows = con.execute(
+            "SELECT name, step, value FROM metrics WHERE run_id = ? AND value IS NOT NULL ORDER BY step",
+            [run_id]).fetchall()
+        for name, step, value in rows:
+            if name in TRAINING_METRICS and not (name == "loss" and label != "sft"):
+                series.setdefault(TRAINING_METRICS[name], {}).setdefault(label, []).append((step, value))
+    return series
