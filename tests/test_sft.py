@@ -117,7 +117,7 @@ def test_nonfinite_step_is_skipped_and_counted(data, tiny_model_dir, demo_root):
     store, processor, ids = _store(data, tiny_model_dir)
     model = load_model(tiny_model_dir)
     model.train()
-    cfg = _config(tiny_model_dir, demo_root)
+    cfg = _config(tiny_model_dir, demo_root, warmup_steps=0)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -135,7 +135,7 @@ def test_nonfinite_step_is_skipped_and_counted(data, tiny_model_dir, demo_root):
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-FLOW_STEPS = 150
+FLOW_STEPS = 100  # format is 0.0 at step 50 and 1.0 at step 100 for data-order seeds 0-3 (measured)
 
 
 def test_flow_teaches_the_format_and_fills_the_catalog(prefect_harness, data, tiny_model_dir, demo_root, tmp_path):
@@ -145,7 +145,7 @@ def test_flow_teaches_the_format_and_fills_the_catalog(prefect_harness, data, ti
     (home / "cache").mkdir(parents=True)
     (home / "cache" / "frames").symlink_to(Path(data.cache_root), target_is_directory=True)
     cfg = _config(tiny_model_dir, demo_root, steps=FLOW_STEPS, batch_size=16, warmup_steps=30,
-                  lr_scheduler="constant", checkpoint_every=100, log_every=50, check_prompts=16, keep_checkpoints=1,
+                  lr_scheduler="constant", checkpoint_every=50, log_every=50, check_prompts=16, keep_checkpoints=1,
                   betas=(0.9, 0.98))
     store, processor, ids = _store(data, tiny_model_dir)
     base = sampled_check(load_model(tiny_model_dir), processor, store, [store.samples[i] for i in ids[:16]],
@@ -157,14 +157,14 @@ def test_flow_teaches_the_format_and_fills_the_catalog(prefect_harness, data, ti
     db = home / "care.duckdb"
     fmt = catalog.query("SELECT step, value FROM metrics WHERE run_id = ? AND name = 'check_format' ORDER BY step",
                         [out["run_id"]], path=db)
-    assert [s for s, _ in fmt] == [50, 100, 150]
+    assert [s for s, _ in fmt] == [50, 100]
     assert base["check_format"] <= 0.1 and fmt[-1][1] >= 0.75, (base, fmt)
     names = {r[0] for r in catalog.query("SELECT DISTINCT name FROM metrics WHERE run_id = ?", [out["run_id"]],
                                          path=db)}
     assert {"loss", "grad_norm", "learning_rate", "tokens_per_second", "check_accuracy"} <= names
     ckpts = catalog.query("SELECT name, step FROM checkpoints WHERE run_id = ? ORDER BY step", [out["run_id"]], path=db)
-    assert ckpts == [("step-00100", 100), ("step-00150", 150)]
-    assert not (Path(out["checkpoint"]).parent / "step-00100").exists()  # keep_checkpoints=1 pruned it
+    assert ckpts == [("step-00050", 50), ("step-00100", 100)]
+    assert not (Path(out["checkpoint"]).parent / "step-00050").exists()  # keep_checkpoints=1 pruned it
     again = sft(cfg, home=str(home))
     assert again == out
     rows = catalog.query("SELECT kind, status FROM runs WHERE run_id = ?", [out["run_id"]], path=db)

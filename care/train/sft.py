@@ -211,7 +211,7 @@ def sft_samples(sample_set: SampleSet) -> dict[str, Sample]:
     return usable
 
 
-def _load_start(config: SFTConfig, ckpt_dir: Path, device: torch.device, dtype: torch.dtype):
+def _load_start(config: SFTConfig, ckpt_dir: Path, device: torch.device):
     """(model, processor, optimizer, scheduler, state): fresh from ``config.model``, or the newest checkpoint."""
     from care.models.loading import load_model, load_processor
 
@@ -222,7 +222,7 @@ def _load_start(config: SFTConfig, ckpt_dir: Path, device: torch.device, dtype: 
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    optimizer, scheduler = make_optimizer(model, config), None
+    optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
     state = TrainingState()
     if found:
@@ -251,7 +251,7 @@ def run_sft(*, config: SFTConfig, sample_set: SampleSet, cache: FrameCache, run_
     ckpt_dir = Path(run_dir) / "checkpoints"
     samples = sft_samples(sample_set)
     ids = sorted(samples)
-    model, processor, optimizer, scheduler, state = _load_start(config, ckpt_dir, device, dtype)
+    model, processor, optimizer, scheduler, state = _load_start(config, ckpt_dir, device)
     if dtype == torch.bfloat16:
         model.to(dtype=torch.float32)  # fp32 master weights; autocast runs the matmuls in bf16
     store = PromptStore(samples, cache, processor.tokenizer)
