@@ -18,6 +18,7 @@ from care.cli import models as models_cli
 from care.cli import preprocess as preprocess_cli
 from care.cli import rl as rl_cli
 from care.cli import run as run_cli
+from care.cli import runs as runs_cli
 from care.cli import sft as sft_cli
 from care.cli import sql as sql_cli
 from care.cli.common import CliState
@@ -48,6 +49,8 @@ app.command("preprocess")(preprocess_cli.preprocess_command)
 app.command("sql")(sql_cli.sql_command)
 app.command("rl")(rl_cli.rl_command)
 app.command("run")(run_cli.run_command)
+app.command("runs")(runs_cli.runs_command)
+app.command("show")(runs_cli.show_command)
 app.command("sft")(sft_cli.sft_command)
 app.command("eval")(evaluate_cli.eval_command)
 
