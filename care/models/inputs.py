@@ -68,9 +68,51 @@ def encode_prompts(processor, items: Sequence[PromptItem | Mapping[str, Any]], *
     video). Returns input_ids / attention_mask / mm_token_type_ids (b, p), pixel_values (n_img, d) and
     image_grid_thw (n_images, 3) when there are images, pixel_values_videos / video_grid_thw /
     second_per_grid_ts (n_videos,) when there are videos.
+
+    An item that appears several times in ``items`` (the same object: a prompt repeated for each of its G
+    rollouts) is processed once and its rows and patches are repeated; the result equals encoding every
+    occurrence separately (tested), at 1/G of the image/video processor work.
     """
     items = [_item(i) for i in items]
     rates = _fps_list(fps, len(items))
+    first: dict[int, int] = {}
+    inverse = [first.setdefault(id(item), len(first)) for item in items]
+    if len(first) < len(items):
+        unique = list({id(item): (item, rate) for item, rate in zip(items, rates, strict=True)}.values())
+        enc = _encode_unique(processor, [u[0] for u in unique], [u[1] for u in unique])
+        expanded = _repeat_rows(enc, [u[0] for u in unique], inverse)
+        if expanded is not None:
+            return expanded
+    return _encode_unique(processor, items, rates)
+
+
+def _repeat_rows(enc: BatchFeature, unique: Sequence[PromptItem], inverse: Sequence[int]) -> BatchFeature | None:
+    """``enc`` of the unique items expanded to rows ``inverse``; None when it holds a key this does not know."""
+    index = torch.tensor(inverse, dtype=torch.long)
+    out: dict[str, Any] = {}
+    for kind, pixels, grid, extra in (("image", "pixel_values", "image_grid_thw", ()),
+                                      ("video", "pixel_values_videos", "video_grid_thw", ("second_per_grid_ts",))):
+        if grid not in enc:
+            continue
+        owners = [k for k, item in enumerate(unique) if getattr(item, kind) is not None]  # one per item at most
+        slot = {k: j for j, k in enumerate(owners)}
+        sizes = enc[grid].prod(dim=-1).tolist()
+        parts = torch.split(enc[pixels], sizes)
+        picked = [slot[k] for k in inverse if k in slot]
+        out[pixels] = torch.cat([parts[j] for j in picked]) if picked else enc[pixels][:0]
+        out[grid] = enc[grid][picked]
+        for key in extra:
+            if key in enc:
+                out[key] = enc[key][picked]
+    for key in PER_TOKEN_KEYS:
+        if key in enc:
+            out[key] = enc[key][index]
+    if set(out) != set(enc.keys()):
+        return None
+    return BatchFeature(out)
+
+
+def _encode_unique(processor, items: Sequence[PromptItem], rates: Sequence[float | None]) -> BatchFeature:
     texts, videos, images, video_fps = [], [], [], []
     for k, item in enumerate(items):
         for kind, value in (("video", item.video), ("image", item.image)):
