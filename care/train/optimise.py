@@ -36,11 +36,11 @@ from care.failpoints import failpoint
 from care.media.frame_cache import FrameCache
 from care.models.inputs import encode_prompt_completions, model_inputs
 from care.store.rollout_log import read_rows
+from care.train import warm
 from care.train.checkpoint import TrainingState, load_checkpoint_state, read_training_state, save_checkpoint
 from care.train.config import OptimConfig
-from care.train.policy_io import default_device, load_policy, load_reference, resolve_dtype
-from care.train.rollout import completion_target_mask
-from care.train.samples import prompt_items
+from care.train.policy_io import default_device, resolve_dtype
+from care.train.rollout import completion_target_mask, shared_prompt_items
 
 
 class CompletionLogProbs(nn.Module):
@@ -121,7 +121,7 @@ class _Accumulator:
 def _micro_step(scorer, reference, processor, accelerator, rows, samples, cache, config, *, temperature,
                 max_new_tokens, weight_of, use_behaviour, world) -> tuple[torch.Tensor, dict[str, float], float]:
     """Forward + backward of one micro-batch; returns (weighted loss, metrics, weight)."""
-    items, rates = prompt_items([samples[r["sample_id"]] for r in rows], cache)
+    items, rates = shared_prompt_items([samples[r["sample_id"]] for r in rows], cache)
     batch = encode_prompt_completions(processor, items, [r["completion_ids"] for r in rows], fps=rates)
     device = accelerator.device
     inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in model_inputs(batch).items()}
@@ -160,8 +160,9 @@ def optimise(*, checkpoint_in: str | Path, checkpoint_out: str | Path, rows: lis
     dtype = resolve_dtype(config.precision, device)
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if dtype == torch.bfloat16 else "no")
     world, rank = accelerator.num_processes, accelerator.process_index
-    policy, processor = load_policy(checkpoint_in, device=accelerator.device)
-    reference = load_reference(checkpoint_in, device=accelerator.device)
+    # taken out of the warm cache (trained in place below); handed back under checkpoint_out once written
+    policy, processor = warm.policy(checkpoint_in, device=accelerator.device, take=True)
+    reference = warm.reference(checkpoint_in, device=accelerator.device, take=True)
     if config.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
         policy.config.use_cache = False
@@ -228,6 +229,9 @@ def optimise(*, checkpoint_in: str | Path, checkpoint_out: str | Path, rows: lis
         out_path = str(save_checkpoint(checkpoint_out, policy=policy_module, reference=reference, processor=processor,
                                        optimizer=optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
                                        scheduler=scheduler, state=new_state))
+        if world == 1 and not config.gradient_checkpointing:  # the next rollout / scoring stage starts warm
+            warm.put(out_path, policy_and_processor=(policy_module, processor), reference_model=reference,
+                     device=accelerator.device)
     accelerator.wait_for_everyone()
     return {"steps": history, "checkpoint": out_path or str(checkpoint_out), "step": step,
             "seconds": time.perf_counter() - started}

@@ -23,8 +23,9 @@ from care.models.generation import Completion, Decoding, sample_completions
 from care.models.inputs import encode_prompt_completions, encode_prompts, model_inputs
 from care.models.loading import suppressed_token_ids
 from care.store.rollout_log import GENERATED_FILE, GENERATED_SCHEMA, rollout_uid, write_rows_atomic
+from care.train import warm
 from care.train.config import RolloutConfig, SamplingParams
-from care.train.policy_io import checkpoint_id, load_policy
+from care.train.policy_io import checkpoint_id
 from care.train.samples import prompt_items
 
 
@@ -37,6 +38,18 @@ def completion_target_mask(batch) -> torch.Tensor:
     """[b, p + c] bool marking the completion tokens of an ``encode_prompt_completions`` batch."""
     b, p = batch["input_ids"].shape[0], batch["prompt_length"]
     return torch.cat([torch.zeros(b, p, dtype=torch.bool), batch["completion_mask"].bool()], dim=1)
+
+
+def shared_prompt_items(samples: Sequence[Sample], cache: FrameCache) -> tuple[list, list[float | None]]:
+    """``prompt_items`` with each distinct sample read from the cache once and its item object repeated.
+
+    The G rollouts of a prompt then share one ``PromptItem``, which ``encode_prompts`` processes once.
+    """
+    distinct = list({s.sample_id: s for s in samples}.values())
+    items, rates = prompt_items(distinct, cache)
+    by_id = {s.sample_id: (item, rate) for s, item, rate in zip(distinct, items, rates, strict=True)}
+    pairs = [by_id[s.sample_id] for s in samples]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 @torch.no_grad()
@@ -98,7 +111,7 @@ def run_rollout_stage(*, run_id: str, iteration: int, checkpoint: str | Path, sa
         return run_vllm_rollouts(run_id=run_id, iteration=iteration, checkpoint=checkpoint, samples=samples,
                                  cache=cache, config=config, seed=seed, out_dir=out_dir)
     started = time.perf_counter()
-    model, processor = load_policy(checkpoint)
+    model, processor = warm.policy(checkpoint)  # shared with the other stages of this process, read-only
     tokenizer = processor.tokenizer
     device = next(model.parameters()).device
     s = config.sampling

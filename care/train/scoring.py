@@ -24,11 +24,11 @@ from care.data.schema import Sample
 from care.failpoints import failpoint
 from care.media.frame_cache import FrameCache
 from care.models.inputs import encode_prompt_completions, model_inputs
-from care.models.loading import load_processor
 from care.store.rollout_log import SCORED_FILE, SCORED_SCHEMA, read_rows, write_rows_atomic
+from care.train import warm
 from care.train.config import ScoringConfig
-from care.train.policy_io import checkpoint_id, load_reference, policy_path
-from care.train.samples import prompt_items
+from care.train.policy_io import checkpoint_id
+from care.train.rollout import shared_prompt_items
 
 
 @torch.no_grad()
@@ -39,7 +39,7 @@ def reference_likelihoods(reference, processor, rows: list[dict], samples: Mappi
     p_all, logp_all, has_all = [], [], []
     for start in range(0, len(rows), config.scoring_batch_size):
         chunk = rows[start : start + config.scoring_batch_size]
-        items, rates = prompt_items([samples[r["sample_id"]] for r in chunk], cache)
+        items, rates = shared_prompt_items([samples[r["sample_id"]] for r in chunk], cache)
         batch = encode_prompt_completions(processor, items, [r["completion_ids"] for r in chunk], fps=rates)
         span = answer_token_masks(batch["completion_ids"], batch["completion_mask"], processor.tokenizer,
                                   reproduce_reference=config.reproduce_reference)
@@ -65,8 +65,8 @@ def run_scoring_stage(*, generated_path: str | Path, checkpoint: str | Path, sam
     base = torch.tensor(breakdown.total, dtype=torch.float64)
     group_ids = torch.tensor([r["group"] for r in rows], dtype=torch.long)
 
-    reference = load_reference(checkpoint)
-    processor = load_processor(policy_path(checkpoint))
+    reference = warm.reference(checkpoint)  # read-only here; warm when an earlier stage of this process had it
+    processor = warm.processor(checkpoint)
     p, mean_logp, has_answer = reference_likelihoods(reference, processor, rows, samples, cache, config)
     p_t = torch.tensor(p, dtype=torch.float64)
     if config.consistency_bonus:

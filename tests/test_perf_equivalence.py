@@ -1,0 +1,145 @@
+"""Every RL-step optimisation leaves the numbers unchanged: the same tensors, log-probs, likelihoods, losses and
+weights as the unoptimised path, on the tiny model and the demo set.
+
+- ``encode_prompts`` processes a prompt repeated for its G rollouts once (``_repeat_rows``);
+- the stages share one read of each sample's frames (``shared_prompt_items``);
+- models stay warm across stages of one process (``care.train.warm``) instead of being reloaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from care.algo.likelihood import token_log_probs
+from care.models.inputs import encode_prompt_completions, encode_prompts, model_inputs
+from care.models.loading import load_model, load_processor
+from care.store.rollout_log import read_rows
+from care.train import warm
+from care.train.checkpoint import make_initial_checkpoint
+from care.train.config import OptimConfig, RolloutConfig, SamplingParams, ScoringConfig
+from care.train.optimise import load_scored_batch, optimise
+from care.train.rollout import completion_target_mask, run_rollout_stage, shared_prompt_items
+from care.train.samples import prompt_items
+from care.train.scoring import run_scoring_stage
+from tests.rl_helpers import cache_demo
+
+G, P, MAX_NEW = 3, 2, 12
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, demo_root, tiny_model_dir):
+    home = tmp_path_factory.mktemp("perf_home")
+    data = cache_demo(home, demo_root)
+    samples = data.load().samples
+    return {"home": home, "data": data, "samples": samples, "model": tiny_model_dir,
+            "processor": load_processor(tiny_model_dir)}
+
+
+def _copies(items):
+    """The same prompts as distinct objects with copied arrays: the per-row (unoptimised) encoding path."""
+    return [dataclasses.replace(i, video=None if i.video is None else np.copy(i.video),
+                                image=None if i.image is None else np.copy(i.image)) for i in items]
+
+
+@pytest.mark.parametrize("video", [True, False])
+def test_repeated_prompts_encode_exactly_like_separate_ones(setup, video):
+    chosen = [s for s in setup["samples"] if s.video][:P]
+    if not video:
+        chosen = [dataclasses.replace(s, video=None) for s in chosen]
+    rows = [s for s in chosen for _ in range(G)]
+    shared, rates = shared_prompt_items(rows, setup["data"].cache())
+    assert len({id(i) for i in shared}) == P  # one object per distinct prompt
+    separate, rates_sep = prompt_items(rows, setup["data"].cache())
+    assert rates == rates_sep
+    a = encode_prompts(setup["processor"], shared, fps=rates)
+    b = encode_prompts(setup["processor"], separate, fps=rates)
+    assert set(a.keys()) == set(b.keys())
+    for k in b:
+        assert torch.equal(a[k], b[k]), k
+    # repeated objects in a shuffled order, mixed with a distinct copy
+    order = [1, 0, 0, 1, 1, 0]
+    mixed = [shared[0] if o == 0 else shared[G] for o in order] + _copies(shared[:1])
+    fps = [rates[0] if o == 0 else rates[G] for o in order] + rates[:1]
+    a = encode_prompts(setup["processor"], mixed, fps=fps)
+    b = encode_prompts(setup["processor"], _copies(mixed), fps=fps)
+    for k in b:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_log_probs_of_a_shared_prompt_batch_are_unchanged(setup):
+    model = load_model(setup["model"])
+    rows = [s for s in setup["samples"] if s.video][:P]
+    rows = [s for s in rows for _ in range(G)]
+    shared, rates = shared_prompt_items(rows, setup["data"].cache())
+    gen = torch.Generator().manual_seed(0)
+    completions = [torch.randint(20, 200, (int(n),), generator=gen).tolist() for n in torch.randint(3, 9, (len(rows),))]
+    out = []
+    for items in (shared, _copies(shared)):
+        batch = encode_prompt_completions(setup["processor"], items, completions, fps=rates)
+        with torch.no_grad():
+            out.append(token_log_probs(model, model_inputs(batch), completion_target_mask(batch)).logp)
+    torch.testing.assert_close(out[0], out[1], rtol=0, atol=0)
+
+
+def _two_iterations(setup, tag: str) -> dict:
+    """Two RL iterations in this process: rollout, scoring, optimisation; everything they produced."""
+    home, data = setup["home"] / tag, setup["data"]
+    ck = make_initial_checkpoint(setup["model"], home / "ck0")
+    by_id = {s.sample_id: s for s in setup["samples"]}
+    rollout = RolloutConfig(group_size=G, prompts_per_iteration=P, sampling=SamplingParams(max_new_tokens=MAX_NEW))
+    optim = OptimConfig(learning_rate=1e-2, micro_batch_size=4, ema_every=1, ema_decay=0.5, lr_scheduler="constant")
+    result = {"generated": [], "scored": [], "losses": []}
+    for it in range(2):
+        batch = setup["samples"][it * P : (it + 1) * P]
+        gen = run_rollout_stage(run_id="eq", iteration=it, checkpoint=ck, samples=batch, cache=data.cache(),
+                                config=rollout, seed=3, out_dir=home / f"it{it}")
+        sc = run_scoring_stage(generated_path=gen["path"], checkpoint=ck, samples=by_id, cache=data.cache(),
+                               config=ScoringConfig(), algo="grpo_care")
+        rows = load_scored_batch(gen["path"], sc["path"])
+        for i, r in enumerate(rows):  # a random model earns no reward: give the update a signal
+            r["advantage"] = 1.0 if i % 2 else -1.0
+        res = optimise(checkpoint_in=ck, checkpoint_out=home / f"ck{it + 1}", rows=rows, samples=by_id,
+                       cache=data.cache(), config=optim, total_steps=2, temperature=1.0, max_new_tokens=MAX_NEW,
+                       iteration=it)
+        ck = Path(res["checkpoint"])
+        result["generated"] += [(r["completion_ids"], r["behaviour_logprobs"]) for r in read_rows(Path(gen["path"]))]
+        result["scored"] += [(r["ref_likelihood"], r["ref_logprob_mean"]) for r in read_rows(Path(sc["path"]))]
+        result["losses"] += [(s["loss"], s["grad_norm"]) for s in res["steps"]]
+    result["policy"] = load_file(ck / "policy" / "model.safetensors")
+    result["reference"] = load_file(ck / "reference" / "model.safetensors")
+    return result
+
+
+def test_warm_models_give_the_numbers_of_reloaded_ones(setup, monkeypatch):
+    monkeypatch.setenv("CARE_WARM_MODELS", "0")
+    cold = _two_iterations(setup, "cold")
+    monkeypatch.setenv("CARE_WARM_MODELS", "1")
+    warm.clear()
+    hot = _two_iterations(setup, "warm")
+    warm.clear()
+    assert [g[0] for g in hot["generated"]] == [g[0] for g in cold["generated"]]  # same sampled tokens
+    for (_, a), (_, b) in zip(hot["generated"], cold["generated"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.array(hot["scored"], dtype=float), np.array(cold["scored"], dtype=float),
+                               rtol=0, atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(hot["losses"], cold["losses"], rtol=1e-6, atol=1e-7)
+    for which in ("policy", "reference"):
+        for k in cold[which]:
+            torch.testing.assert_close(hot[which][k], cold[which][k], rtol=0, atol=1e-6, msg=f"{which} {k}")
+
+
+def test_warm_cache_hands_over_models_by_content(setup, monkeypatch):
+    monkeypatch.setenv("CARE_WARM_MODELS", "1")
+    warm.clear()
+    ck = make_initial_checkpoint(setup["model"], setup["home"] / "warm-ck")
+    model, processor = warm.policy(ck)
+    assert warm.policy(ck)[0] is model and warm.processor(ck) is processor  # shared, not reloaded
+    taken, _ = warm.policy(ck, take=True)
+    assert taken is model and warm.policy(ck)[0] is not model  # taken out: the next user loads a fresh copy
+    warm.clear()
