@@ -143,3 +143,17 @@ def test_warm_cache_hands_over_models_by_content(setup, monkeypatch):
     taken, _ = warm.policy(ck, take=True)
     assert taken is model and warm.policy(ck)[0] is not model  # taken out: the next user loads a fresh copy
     warm.clear()
+
+
+@pytest.mark.parametrize("vocab", [7, 436, 151_936])
+def test_blocked_logsumexp_equals_the_per_row_one(vocab):
+    from care.algo.likelihood import selective_log_softmax
+
+    gen = torch.Generator().manual_seed(vocab)
+    rows = 40 if vocab > 1000 else 700
+    logits = torch.randn(rows, vocab, generator=gen) * 3
+    index = torch.randint(0, vocab, (rows,), generator=gen)
+    per_row = torch.gather(logits, -1, index[:, None])[:, 0] - torch.stack([torch.logsumexp(r, -1) for r in logits])
+    torch.testing.assert_close(selective_log_softmax(logits, index), per_row, rtol=0, atol=1e-6)
+    torch.testing.assert_close(selective_log_softmax(logits, index),
+                               torch.log_softmax(logits, -1).gather(-1, index[:, None])[:, 0], rtol=1e-5, atol=1e-5)

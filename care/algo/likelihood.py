@@ -24,6 +24,9 @@ from torch import Tensor, nn
 
 from care.algo.ema import unwrap_model
 
+LSE_BLOCK_ELEMENTS = 1 << 18
+"""Logits per logsumexp call in ``selective_log_softmax`` (1 MiB of float32 temporaries)."""
+
 
 def selective_log_softmax(logits: Tensor, index: Tensor) -> Tensor:
     """``log_softmax(logits)[..., index]`` [...] from logits [..., v], one row at a time.
@@ -37,8 +40,12 @@ def selective_log_softmax(logits: Tensor, index: Tensor) -> Tensor:
     """
     if logits.dtype in (torch.float32, torch.float64):
         chosen = torch.gather(logits, -1, index.unsqueeze(-1)).squeeze(-1)
-        lse = torch.stack([torch.logsumexp(row, dim=-1) for row in logits])
-        return chosen - lse
+        # rows in blocks of about LSE_BLOCK_ELEMENTS values: the temporary stays small at Qwen's vocabulary
+        # (one row per block), while a small vocabulary is not paid for with one Python iteration per row
+        block = max(1, LSE_BLOCK_ELEMENTS // max(logits.shape[-1], 1))
+        flat = logits.reshape(-1, logits.shape[-1])
+        lse = torch.cat([torch.logsumexp(flat[i : i + block], dim=-1) for i in range(0, flat.shape[0], block)])
+        return chosen - lse.reshape(chosen.shape)
     out = [
         torch.gather(torch.log_softmax(row.float(), dim=-1), -1, idx.unsqueeze(-1)).squeeze(-1)
         for row, idx in zip(logits, index, strict=True)
