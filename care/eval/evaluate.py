@@ -43,6 +43,7 @@ from care.eval.intervals import wilson_interval
 from care.eval.judge_config import make_judge
 from care.eval.judges import ConsistencyJudge, JudgeItem, judge_label
 from care.eval.scoring import OVERALL_LEVEL, eval_prediction, level_accuracy
+from care.failpoints import failpoint
 from care.media.frame_cache import FrameCache
 from care.models.generation import Decoding, sample_completions
 from care.models.inputs import encode_prompt_completions, encode_prompts, model_inputs
@@ -208,6 +209,7 @@ def run_eval_level(config: EvalConfig, level: str, *, cache_root: str | Path, ou
     context = eval_context(config, run_id=run_id, label=label, checkpoint_id=checkpoint_id)
     rows, accuracy, consistency = score_level(level=level, samples=samples, generated=generated, judges=judges,
                                               context=context, confidence=config.confidence)
+    failpoint("evaluation")  # crash tests: killed after generation and scoring, before the Parquet is written
     path = write_rows_atomic(predictions_path(out_dir, level), rows, predictions_schema([j.name for j in judges]))
     return {
         "run_id": run_id, "label": label, "level": level, "checkpoint": config.checkpoint,

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 
+from care.failpoints import failpoint
 from care.media.frame_cache import FrameCache, MediaResult
 from care.media.sampling import FrameSampling
 
@@ -47,6 +48,7 @@ def run_isolated(func: Callable[..., dict], items: Sequence[Item], args: tuple, 
 
     def done(i: int, result: dict) -> None:
         results[i] = result
+        failpoint("preprocess", len(results))  # crash tests: killed with some entries cached, others not
         if on_result is not None:
             on_result(result)
 

@@ -32,6 +32,7 @@ from care.algo.likelihood import token_log_probs
 from care.algo.rewards import accuracy_reward, format_reward
 from care.data.schema import Sample
 from care.errors import CareError
+from care.failpoints import failpoint
 from care.media.frame_cache import FrameCache
 from care.models.generation import Decoding, sample_completions
 from care.models.inputs import PromptItem, encode_prompt_completions, encode_prompts, model_inputs
@@ -269,6 +270,7 @@ def run_sft(*, config: SFTConfig, sample_set: SampleSet, cache: FrameCache, run_
         batch = store.get(batch_ids(ids, batch_size=config.batch_size, index=step, seed=config.seed))
         result = sft_step(model, processor, optimizer, scheduler, batch, max_grad_norm=config.max_grad_norm)
         step += 1
+        failpoint("sft", step)  # crash tests: killed after an update, before its checkpoint
         skipped += 0 if result.applied else 1
         window.add(result, time.perf_counter() - t0)
         bar.update(1)
