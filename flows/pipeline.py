@@ -47,7 +47,7 @@ def pipeline(config: PipelineConfig, home: str | None = None) -> dict:
         if config.run_rl:
             rl_config = config.rl_config(policy, data_root)
             trained = rl(rl_config, home=str(ws.root))
-            run_ids[rl_config.algo] = trained["run_id"]
+            run_ids[rl_config.algo], policy = trained["run_id"], f"{trained['checkpoint']}/policy"
             if "rl" in config.evaluate:
                 evaluations["rl"] = evaluate(config.eval_config(trained["checkpoint"], data_root, "rl"),
                                              home=str(ws.root))
@@ -62,4 +62,5 @@ def pipeline(config: PipelineConfig, home: str | None = None) -> dict:
           "order by label, level, judge\"\n  care sql \"select run_id, iteration, avg(reward) as reward, "
           "avg(bonus) as bonus, avg(ref_likelihood) as likelihood from rollouts group by all order by all\"\n"
           f"  care show {pipeline_id}")
-    return {"pipeline_id": pipeline_id, "runs": run_ids, **result}
+    return {"pipeline_id": pipeline_id, "runs": run_ids, "data_root": data_root, "model": model, "policy": policy,
+            **result}

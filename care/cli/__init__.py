@@ -12,6 +12,7 @@ import sys
 
 import typer
 
+from care.cli import compare as compare_cli
 from care.cli import data as data_cli
 from care.cli import evaluate as evaluate_cli
 from care.cli import models as models_cli
@@ -51,6 +52,7 @@ app.command("rl")(rl_cli.rl_command)
 app.command("run")(run_cli.run_command)
 app.command("runs")(runs_cli.runs_command)
 app.command("show")(runs_cli.show_command)
+app.command("compare")(compare_cli.compare_command)
 app.command("sft")(sft_cli.sft_command)
 app.command("eval")(evaluate_cli.eval_command)
 
