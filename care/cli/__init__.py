@@ -44,17 +44,18 @@ def _global_options(
     ctx.obj = CliState(workspace=Workspace.at(home), json=json_output)
 
 
-app.add_typer(models_cli.app, name="models", help="Make and inspect models (e.g. the tiny offline Qwen2.5-VL).")
-app.add_typer(data_cli.app, name="data", help="Generate and validate datasets (e.g. the demo benchmark).")
-app.command("preprocess")(preprocess_cli.preprocess_command)
-app.command("sql")(sql_cli.sql_command)
-app.command("rl")(rl_cli.rl_command)
+# listed in `care --help` in this order: the main job first, then the stages, then inspection and tools
 app.command("run")(run_cli.run_command)
+app.command("compare")(compare_cli.compare_command)
+app.command("preprocess")(preprocess_cli.preprocess_command)
+app.command("sft")(sft_cli.sft_command)
+app.command("rl")(rl_cli.rl_command)
+app.command("eval")(evaluate_cli.eval_command)
 app.command("runs")(runs_cli.runs_command)
 app.command("show")(runs_cli.show_command)
-app.command("compare")(compare_cli.compare_command)
-app.command("sft")(sft_cli.sft_command)
-app.command("eval")(evaluate_cli.eval_command)
+app.command("sql")(sql_cli.sql_command)
+app.add_typer(models_cli.app, name="models", help="Make and inspect models (e.g. the tiny offline Qwen2.5-VL).")
+app.add_typer(data_cli.app, name="data", help="Generate and validate datasets (e.g. the demo benchmark).")
 
 
 def main(argv: list[str] | None = None) -> None:
