@@ -26,7 +26,10 @@ def _fmt(x) -> str:
 
 
 def pipeline_table(evaluations: Mapping[str, Mapping]) -> list[dict]:
-    """One row per (evaluated checkpoint, level): accuracy with its 95 % interval, consistency per judge."""
+    """One row per (evaluated checkpoint, level): accuracy with its 95 % interval, consistency per judge.
+
+    A figure that does not exist (no judged sample) is None, so the rows are valid JSON.
+    """
     rows = []
     for point, ev in evaluations.items():
         for m in ev["levels"]:
@@ -35,7 +38,7 @@ def pipeline_table(evaluations: Mapping[str, Mapping]) -> list[dict]:
                    "ci_low": a["ci_low"], "ci_high": a["ci_high"]}
             for s in m["consistency"]:
                 row[f"consistency[{s['judge_label']}]"] = s["rate"]
-            rows.append(row)
+            rows.append({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()})
     return rows
 
 

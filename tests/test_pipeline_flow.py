@@ -1,0 +1,61 @@
+"""The pipeline flow end to end under the Prefect test harness (tiny sizes): every stage runs, the results
+table covers base/sft/rl x L1-L3, the plot is written, and a second run reuses every finished stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from care.pipeline import PipelineConfig
+from care.store import catalog
+
+SMALL = {
+    "demo": {"train": 16, "val": 4},
+    "frames": {"nframes": 4},
+    "sft": {"shuffle_options": False, "steps": 4, "batch_size": 4, "learning_rate": 2e-3, "checkpoint_every": 2,
+            "log_every": 2, "check_prompts": 2, "check_max_new_tokens": 8},
+    "rl": {"shuffle_options": False, "iterations": 1,
+           "rollout": {"group_size": 2, "prompts_per_iteration": 2, "sampling": {"max_new_tokens": 8}},
+           "optim": {"micro_batch_size": 4}},
+    "eval": {"decoding": {"max_new_tokens": 8}, "batch_size": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def first_and_second(prefect_harness, tmp_path_factory):
+    from flows.pipeline import pipeline
+
+    home = tmp_path_factory.mktemp("pipeline_home")
+    config = PipelineConfig.model_validate(SMALL)
+    first = pipeline(config, home=str(home))
+    second = pipeline(config, home=str(home))
+    return home, first, second
+
+
+def test_pipeline_runs_every_stage(first_and_second):
+    home, first, _ = first_and_second
+    table = first["table"]
+    assert {(r["checkpoint"], r["level"]) for r in table} == {
+        (p, lvl) for p in ("base", "sft", "rl") for lvl in ("L1", "L2", "L3")}
+    assert all(r["n"] == 4 for r in table)
+    assert set(first["runs"]) == {"sft", "grpo_care"}
+    with open(first["plot"], "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(Path(first["results"]).read_text())["table"] == table
+    kinds = dict(catalog.query("select kind, count(*) from runs group by 1", path=home / "care.duckdb"))
+    assert kinds == {"pipeline": 1, "sft": 1, "rl": 1, "eval": 1}
+
+
+def test_second_run_reuses_every_stage(first_and_second):
+    home, first, second = first_and_second
+    assert second["table"] == first["table"]
+    assert second["policy"] == first["policy"]
+    db = home / "care.duckdb"
+    # a re-run adds no rows: stages, checkpoints and results are upserts, and nothing was recomputed
+    stages = catalog.query("select stage, cache_hit from stages where stage like 'eval:%' order by 1", path=db)
+    assert stages and all(hit for _, hit in stages)
+    assert catalog.query("select count(*) from rollouts", path=db) == [(2 * 2,)]
+    rl_stages = catalog.query("select count(*) from stages where stage in ('rollout', 'scoring', 'optimise')", path=db)
+    assert rl_stages == [(3,)]
