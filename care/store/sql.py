@@ -3,8 +3,9 @@
 Three locks, each needed (measured on DuckDB 2.0):
 
 1. the file is opened ``read_only`` (INSERT/UPDATE/CREATE fail in DuckDB itself);
-2. only one ``SELECT`` (or ``EXPLAIN``) statement is accepted, checked with DuckDB's own parser, because
-   ``COPY ... TO`` into an allowed folder would still write a file;
+2. only one ``SELECT`` (or plan-only ``EXPLAIN``) statement is accepted, checked with DuckDB's own parser and
+   tokenizer, because ``COPY ... TO`` into an allowed folder would still write a file (``EXPLAIN ANALYZE`` runs
+   its statement, so ``EXPLAIN ANALYZE COPY ...`` would too);
 3. external access is switched off except for the workspace's Parquet folders: ``allowed_directories`` is set
    first, then ``enable_external_access=false``, then ``lock_configuration=true`` so the query cannot undo
    them. Passing both as ``connect(config=...)`` fails ("Cannot change allowed_directories when
@@ -49,6 +50,17 @@ def check_read_only(sql: str) -> None:
     if kind not in ALLOWED_STATEMENTS:
         name = kind.name if hasattr(kind, "name") else str(kind)
         raise SqlError(f"refused: {name} statements are not allowed; `care sql` is read-only (SELECT only)")
+    if kind == duckdb.StatementType.EXPLAIN and _has_keyword(sql, ("analyze", "analyse")):
+        # EXPLAIN ANALYZE runs its statement: `explain analyze copy ... to '<allowed folder>/x'` would write
+        raise SqlError("refused: EXPLAIN ANALYZE runs its statement; use EXPLAIN (plan only) or run the SELECT")
+
+
+def _has_keyword(sql: str, words: tuple[str, ...]) -> bool:
+    """True when one of ``words`` is a keyword token of ``sql`` (not inside a string, comment or identifier)."""
+    tokens = duckdb.tokenize(sql)
+    ends = [start for start, _ in tokens[1:]] + [len(sql)]
+    return any(kind == duckdb.token_type.keyword and sql[start:end].strip().lower() in words
+               for (start, kind), end in zip(tokens, ends, strict=True))
 
 
 def run_query(sql: str, *, catalog: str | os.PathLike | None = None,
