@@ -17,20 +17,8 @@ from care.media.frame_cache import FrameCache
 from care.media.preprocess import PreprocessConfig, resolve_annotation, sample_media, shard_fingerprint
 from care.media.sampling import FrameSampling
 from care.media.workers import cache_many
-from care.store import catalog, media
-
-
-def is_transient(task, task_run, state) -> bool:
-    """Retry condition: only IO errors that may pass (not a missing file, not bad data)."""
-    try:
-        state.result()
-    except FileNotFoundError:
-        return False
-    except (OSError, catalog.CatalogError):
-        return True
-    except Exception:
-        return False
-    return False
+from care.store import media
+from tasks.common import JSON_RESULTS, is_transient
 
 
 @task(name="validate-annotations", retries=2, retry_delay_seconds=1, retry_condition_fn=is_transient)
@@ -61,7 +49,7 @@ def _shard_key(context, parameters) -> str:
 
 
 @task(name="cache-shard", cache_key_fn=_shard_key, retries=2, retry_delay_seconds=2,
-      retry_condition_fn=is_transient)
+      retry_condition_fn=is_transient, **JSON_RESULTS)
 def cache_shard(items: list[list[str]], sampling: FrameSampling, cache_dir: str, data_root: str, workers: int,
                 run_id: str, catalog_file: str) -> dict:
     """Decode one shard into the frame cache in worker processes; record every file in ``videos``."""
