@@ -177,7 +177,14 @@ class LLMJudge:
         if tripped:
             return unjudged(SKIPPED, f"skipped: the endpoint failed {self.config.max_consecutive_failures} times in a row")
         think, answer = read
-        return self._ask(build_judge_messages(item.question, item.options, think, answer))
+        return self._redacted(self._ask(build_judge_messages(item.question, item.options, think, answer)))
+
+    def _redacted(self, verdict: Verdict) -> Verdict:
+        """The verdict with the API key cut out of its reason (an endpoint may echo the request's header)."""
+        key = os.environ.get(self.config.api_key_env or "", "")
+        if not key or key not in verdict.reason:
+            return verdict
+        return Verdict(verdict.consistent, verdict.code, verdict.reason.replace(key, "<api key>"))
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
         with self._lock:
