@@ -35,6 +35,7 @@ from care.media.sampling import FrameSampling
 
 CACHE_VERSION = 1
 META_KEY = b"care.meta"
+DIGEST_KEY = b"care.sha256"  # of the meta JSON and every frame's bytes: verified on each read
 
 SCHEMA = pa.schema([
     ("cache_key", pa.string()), ("media_sha256", pa.string()), ("kind", pa.string()),
@@ -45,6 +46,21 @@ SCHEMA = pa.schema([
 
 class CacheMissError(CareError):
     """A sample's media is not in the frame cache for these sampling parameters."""
+
+
+class CacheCorruptError(CareError):
+    """A frame-cache entry is unreadable, truncated or altered (its checksum does not match)."""
+
+
+def entry_digest(meta_json: bytes, table: pa.Table) -> str:
+    """sha256 over an entry's footer metadata and every row (frame bytes and their per-frame columns)."""
+    digest = hashlib.sha256(meta_json)
+    columns = [c for c in SCHEMA.names if c != "data"]
+    for row, blob in zip(table.select(columns).to_pylist(), table.column("data").to_pylist(), strict=True):
+        digest.update(json.dumps(row, sort_keys=True).encode())
+        digest.update(len(blob).to_bytes(8, "little"))
+        digest.update(blob)
+    return digest.hexdigest()
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -106,7 +122,8 @@ def write_entry(path: Path, frames: np.ndarray, *, key: str, media_sha256: str, 
         "data": [encode_frame(f, codec, sampling.jpeg_quality) for f in frames],
     }, schema=SCHEMA)
     full_meta = {"version": CACHE_VERSION, "kind": kind, "params": sampling.model_dump(), **meta}
-    table = table.replace_schema_metadata({META_KEY: json.dumps(full_meta).encode()})
+    meta_json = json.dumps(full_meta).encode()
+    table = table.replace_schema_metadata({META_KEY: meta_json, DIGEST_KEY: entry_digest(meta_json, table).encode()})
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -121,9 +138,25 @@ def write_entry(path: Path, frames: np.ndarray, *, key: str, media_sha256: str, 
 
 
 def read_entry(path: Path) -> tuple[pa.Table, dict]:
-    """An entry's table and its footer metadata."""
-    table = pq.read_table(path)
-    meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
+    """An entry's table and its footer metadata, verified against the entry's checksum.
+
+    Raises ``CacheCorruptError`` naming the file when it cannot be read (truncated, not Parquet) or its frames,
+    timestamps or metadata differ from what was written. Entries written before checksums existed are read
+    unverified.
+    """
+    try:
+        table = pq.read_table(path)
+        stored = table.schema.metadata or {}
+        meta_json = stored.get(META_KEY, b"{}")
+        meta = json.loads(meta_json)
+        want = stored.get(DIGEST_KEY)
+        ok = want is None or entry_digest(meta_json, table).encode() == want
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise CacheCorruptError(f"{path}: unreadable frame-cache entry ({' '.join(str(exc).split())[:120]}); "
+                                "delete it and run `care preprocess` again to rebuild it") from None
+    if not ok:
+        raise CacheCorruptError(f"{path}: frame-cache entry fails its checksum (altered or corrupted); "
+                                "delete it and run `care preprocess` again to rebuild it")
     return table, meta
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from care.data.schema import Sample
 from care.media.cache import (
+    CacheCorruptError,
     CacheMissError,
     PathLinks,
     cache_key,
@@ -99,13 +100,15 @@ class FrameCache:
             key = cache_key(result.sha256, kind, self.sampling)
             result.cache_key, target = key, self.entry_path(key)
             result.cache_file = str(target)
-            if target.is_file():
+            problem = self._entry_problem(result, target) if target.is_file() else "missing"
+            if not problem:
                 result.cache_hit = True
-                self._fill_from_entry(result, target)
             elif kind == "video":
                 self._write_video(result, path, target)
             else:
                 self._write_image(result, path, target)
+            if problem != "missing" and not result.cache_hit:
+                result.note = f"rebuilt: {problem}"
         except MediaError as exc:
             result.status, result.reason, result.error_kind = "quarantined", exc.reason, exc.kind
             result.cache_key = result.cache_file = ""
@@ -127,6 +130,14 @@ class FrameCache:
                     indices=[0], timestamps=[0.0], sampling=self.sampling, meta={"sample_fps": 0.0, "source": {}})
         result.decoder, result.n_frames = "pil", 1
         result.height, result.width = image.shape[:2]
+
+    def _entry_problem(self, result: MediaResult, target: Path) -> str:
+        """Fill ``result`` from an existing entry; why it cannot be used ("" when it can; it is then rewritten)."""
+        try:
+            self._fill_from_entry(result, target)
+        except CacheCorruptError as exc:
+            return str(exc)
+        return ""
 
     def _fill_from_entry(self, result: MediaResult, target: Path) -> None:
         table, meta = read_entry(target)
