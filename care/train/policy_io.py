@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from care.models.loading import load_model, load_processor
+from care.train.checkpoint import verify_manifest
 
 
 def default_device() -> torch.device:
@@ -36,13 +37,15 @@ def checkpoint_id(checkpoint: str | Path) -> str:
 
 
 def load_policy(checkpoint: str | Path, *, device: torch.device | None = None, dtype: torch.dtype | None = None):
-    """(model, processor) of the checkpoint's policy, in eval mode."""
+    """(model, processor) of the checkpoint's policy, in eval mode; the checkpoint's manifest is verified first."""
+    verify_manifest(Path(checkpoint))
     device = device or default_device()
     model = load_model(policy_path(checkpoint), dtype=dtype, device=device)
     return model, load_processor(policy_path(checkpoint))
 
 
 def load_reference(checkpoint: str | Path, *, device: torch.device | None = None, dtype: torch.dtype | None = None):
+    verify_manifest(Path(checkpoint))
     device = device or default_device()
     model = load_model(reference_path(checkpoint), dtype=dtype, device=device)
     model.requires_grad_(False)
