@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -29,6 +31,21 @@ def cache_one(root: str, sampling: dict, data_root: str | None, path: str, kind:
     """Worker entry point: ``FrameCache.put`` on one file, as a plain dict."""
     cache = FrameCache(root, FrameSampling.model_validate(sampling), data_root)
     return cache.put(path, kind).as_dict()
+
+
+def die_with_parent() -> None:
+    """Worker initializer: end this worker when the process that started it dies (even by SIGKILL).
+
+    Without it a killed command leaves its decoding workers behind, holding the command's stdout and stderr
+    (a caller waiting for them to close waits forever). Linux only (PR_SET_PDEATHSIG); elsewhere a no-op.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the parent died before the line above ran
+        os._exit(1)
 
 
 def crashed(path: str, kind: str, exitcode: str = "") -> dict:
@@ -53,7 +70,7 @@ def run_isolated(func: Callable[..., dict], items: Sequence[Item], args: tuple, 
             on_result(result)
 
     try:
-        with ProcessPoolExecutor(max_workers=max(1, min(workers, len(items))), mp_context=ctx) as pool:
+        with ProcessPoolExecutor(max_workers=max(1, min(workers, len(items))), mp_context=ctx, initializer=die_with_parent) as pool:
             futures = {pool.submit(func, *args, *items[i]): i for i in pending}
             for future in as_completed(futures):
                 done(futures[future], future.result())
@@ -61,7 +78,7 @@ def run_isolated(func: Callable[..., dict], items: Sequence[Item], args: tuple, 
         pass
     for i in (i for i in pending if i not in results):  # after a crash: one at a time, alone
         try:
-            with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+            with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=die_with_parent) as pool:
                 done(i, pool.submit(func, *args, *items[i]).result())
         except BrokenProcessPool:
             done(i, crashed(*items[i]))
