@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test lint unit test-deploy bench install clean
+.PHONY: run test lint unit test-deploy test-faults bench install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,9 +32,13 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not deploy" --timeout 900
+	$(BIN)/python -m pytest -q -m "not deploy and not faults" --timeout 900
 
 test: lint unit
+
+# SIGKILL inside every pipeline stage, then a re-run equal to an uninterrupted run (docs/reliability.md)
+test-faults: $(STAMP)
+	$(BIN)/python -m pytest -q -m faults --timeout 1800
 
 test-deploy: $(STAMP)
 	$(BIN)/python -m pytest -q -m deploy --timeout 900
