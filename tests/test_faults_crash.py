@@ -34,8 +34,11 @@ from tests.fault_helpers import (
 pytestmark = pytest.mark.faults
 
 # Columns that hold timings, wall-clock times, or ids/paths that name the workspace (different by design).
+# Checkpoint content ids hash every file of a checkpoint, workspace-specific ones included; the weights
+# themselves are compared bit for bit in test_final_checkpoints_equal_an_uninterrupted_run.
 VOLATILE = {"generation_seconds", "scoring_seconds", "seconds", "created_at", "updated_at", "finished_at",
-            "git_revision", "update_seconds", "tokens_per_second", "seconds_per_step"}
+            "git_revision", "update_seconds", "tokens_per_second", "seconds_per_step",
+            "policy_checkpoint", "reference_checkpoint", "checkpoint_id"}
 
 
 def _config(path: Path, data_root: Path, model: Path) -> Path:
