@@ -17,6 +17,7 @@ from care.train.config import RLConfig
 from care.train.data_order import batch_ids, cursor_after
 from care.train.samples import DataSpec
 from care.workspace import Workspace
+from flows.evaluate import evaluate
 from tasks.common import checkpoint_ready, file_ready, run_stage
 from tasks.rl import (
     generated_path,
@@ -81,6 +82,8 @@ def rl(config: RLConfig, home: str | None = None) -> dict:
             prune_checkpoints(ckpt_dir, config.keep_checkpoints)
             hits = [name for name, m in (("rollout", gen), ("scoring", sc), ("optimise", opt)) if m["cache_hit"]]
             print(_summary_line(it, config.iterations, sc, opt, time.perf_counter() - t0, hits))
+            if config.eval_every and (it + 1) % config.eval_every == 0:
+                evaluate(config.eval_config(ckpt), home=str(ws.root), show_table=False)
         refresh_rollouts_view(rollouts_root, catalog_file)
     except BaseException as exc:
         runs.finish_run(run_id, status="failed", message=f"{type(exc).__name__}: {exc}"[:500], path=catalog_file)

@@ -32,7 +32,8 @@ def _config(tmp: Path, demo_root: Path, model: Path) -> Path:
     cfg = {"model": str(model), "data_root": str(demo_root), "iterations": ITERATIONS, "shuffle_options": False,
            "run_name": "flowtest", "frames": {"nframes": 4},
            "rollout": {"group_size": G, "prompts_per_iteration": P, "sampling": {"max_new_tokens": 16}},
-           "optim": {"learning_rate": 1e-2, "micro_batch_size": 4, "ema_every": 1}}
+           "optim": {"learning_rate": 1e-2, "micro_batch_size": 4, "ema_every": 1},
+           "eval_every": 3, "eval": {"levels": ["L1"], "limit_per_level": 2, "decoding": {"max_new_tokens": 8}}}
     path = tmp / "rl.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -71,11 +72,14 @@ def test_three_iterations_fill_the_rollout_log(uninterrupted):
                            "reward_format", "bonus", "advantage", "policy_checkpoint", "reference_checkpoint")))
     assert nulls == [{"n": 0}]
     stages = _sql(home, "select stage, count(*) as n, bool_and(status = 'completed') as ok from stages "
-                        "group by 1 order by 1")
+                        "where stage not like 'eval:%' group by 1 order by 1")
     assert stages == [{"stage": s, "n": ITERATIONS, "ok": True} for s in ("optimise", "rollout", "scoring")]
     steps = _sql(home, "select count(distinct step) as n from metrics where name = 'grad_norm'")
     assert steps == [{"n": ITERATIONS}]
     assert _sql(home, "select status from runs") == [{"status": "completed"}]
+    # the periodic evaluation hook evaluated the checkpoint of iteration 3, attached to this run
+    evals = _sql(home, "select label, level, n from eval_results where judge = 'accuracy' and level = 'L1'")
+    assert evals == [{"label": "iter-00003", "level": "L1", "n": 2}]
 
 
 def test_rerun_of_a_finished_run_does_nothing_new(uninterrupted):
@@ -105,6 +109,6 @@ def test_sigkill_during_optimisation_then_rerun_matches(uninterrupted, tmp_path,
         assert torch.equal(want[k], got[k]), k
     assert _sql(home, "select count(*) as n, count(distinct rollout_uid) as u from rollouts") == [
         {"n": ITERATIONS * P * G, "u": ITERATIONS * P * G}]
-    assert _sql(home, "select count(*) as n from stages") == [{"n": 3 * ITERATIONS}]
+    assert _sql(home, "select count(*) as n from stages") == [{"n": 3 * ITERATIONS + 1}]  # + the evaluation
     dup = _sql(home, "select count(*) as n from (select run_id, step, name from metrics group by all having count(*) > 1)")
     assert dup == [{"n": 0}]

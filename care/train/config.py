@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -100,6 +100,8 @@ class RLConfig(StageConfig):
     iterations: int = Field(3, ge=1, description="Generation batches (RL iterations) to run.")
     seed: int = Field(0, description="Seeds data order, sampling and initialisation.")
     keep_checkpoints: int = Field(0, ge=0, description="Keep only the newest N iteration checkpoints (0 = keep all).")
+    eval_every: int = Field(0, ge=0, description="Evaluate the checkpoint every N iterations (0 = never from the rl flow).")
+    eval: dict[str, Any] = Field(default_factory=dict, description="EvalConfig options of the periodic evaluation (checkpoint, data_root, frames filled in).")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -119,6 +121,22 @@ class RLConfig(StageConfig):
                 data = {**data, "scoring": scoring}
         return data
 
+    def eval_config(self, checkpoint: str):
+        """The periodic evaluation's config (validated when the RL config is)."""
+        from care.eval.eval_config import EvalConfig
+
+        return EvalConfig.model_validate({**self.eval, "checkpoint": checkpoint, "data_root": self.data_root,
+                                          "frames": self.frames.model_dump()})
+
+    @model_validator(mode="after")
+    def _eval_section_valid(self) -> RLConfig:
+        if self.eval_every:
+            try:
+                self.eval_config("<checkpoint>")
+            except ValueError as exc:
+                raise ValueError(f"eval: {exc}") from None
+        return self
+
     @model_validator(mode="after")
     def _algo_consistent(self) -> RLConfig:
         if (self.algo == "grpo_care") != self.scoring.consistency_bonus:
@@ -129,7 +147,9 @@ class RLConfig(StageConfig):
         """``run_name``, or ``<algo>-<hash of the config>``: re-running the same config continues the same run."""
         if self.run_name:
             return self.run_name
-        blob = json.dumps(self.model_dump(mode="json", exclude={"run_name"}), sort_keys=True)
+        # options that do not change what is trained stay out of the identity
+        blob = json.dumps(self.model_dump(mode="json", exclude={"run_name", "eval_every", "eval", "keep_checkpoints"}),
+                          sort_keys=True)
         return f"{self.algo.replace('_', '-')}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
     @property
