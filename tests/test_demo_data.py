@@ -15,7 +15,7 @@ from PIL import Image
 from care.algo.prompt import build_prompt_text
 from care.data.annotations import load_annotations, load_benchmark
 from care.data.demo import DemoError, make_demo_benchmark
-from care.data.demo_world import ENVIRONMENTS, option_text, slot_centres
+from care.data.demo_world import ENVIRONMENTS, option_text, target_geometry
 from care.data.schema import ANNOTATION_FILES, LETTERS
 
 
@@ -76,14 +76,16 @@ def perceive_image(image: np.ndarray, demo: dict) -> str:
     """Read the answer colour from the current-observation pixels alone."""
     env = ENVIRONMENTS[demo["env"]]
     size = image.shape[0]
-    slots = slot_centres(env.layout, size)
     if demo["task"] == "lamp":
         return nearest_color(image[round(size * 0.4), size // 2], env.palette)
+    slots, half = target_geometry(env.layout, demo["variant"], size)
     ys, xs = np.nonzero((image == env.agent).all(-1))
     agent = np.array([xs.mean(), ys.mean()])
-    goal = min(slots, key=lambda s: np.hypot(*(np.array(s) - agent)))
-    # read the marker's colour at its outer edge (the agent never reaches it)
-    return nearest_color(image[round(goal[1]), round(goal[0])], env.palette)
+    gx, gy = min(slots, key=lambda s: np.hypot(*(np.array(s) - agent)))
+    # read the marker's colour at its outer edge: the agent comes from the centre and may stand on the rest
+    x = gx + np.sign(gx - size / 2) * (half - 1)
+    y = gy + np.sign(gy - size / 2) * (half - 1)
+    return nearest_color(image[round(y), round(x)], env.palette)
 
 
 def perceive_metadata(demo: dict) -> str:
@@ -91,7 +93,7 @@ def perceive_metadata(demo: dict) -> str:
         return demo["lamp_colors"][-1]
     env = ENVIRONMENTS[demo["env"]]
     last = np.array(demo["agent_track"][-1])
-    slots = slot_centres(env.layout, 64)
+    slots, _ = target_geometry(env.layout, demo["variant"], 64)
     k = min(range(4), key=lambda i: np.hypot(*(np.array(slots[i]) - last)))
     return demo["slot_colors"][k]
 
