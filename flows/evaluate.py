@@ -32,9 +32,10 @@ def _print_table(title: str, cells: list[dict]) -> None:
     Console(width=160).print(table)
 
 
-def _run_exists(run_id: str, catalog_file: str) -> bool:
+def _run_kind(run_id: str, catalog_file: str) -> str | None:
     with catalog.connect(catalog_file) as con:  # read-write: creates the tables on a fresh catalog
-        return bool(con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchall())
+        rows = con.execute("SELECT kind FROM runs WHERE run_id = ?", [run_id]).fetchall()
+    return rows[0][0] if rows else None
 
 
 @flow(name="evaluate", log_prints=True)
@@ -48,7 +49,8 @@ def evaluate(config: EvalConfig, home: str | None = None, show_table: bool = Tru
     model_id = content_id(config.checkpoint)
     run_id, label = config.resolved_run_id(model_id), config.resolved_label()
     out_dir = str(ws.run_dir(run_id) / "eval" / label)
-    own_run = not _run_exists(run_id, catalog_file)
+    # an eval run of its own (not an evaluation inside a training run), also when a killed attempt left its row
+    own_run = _run_kind(run_id, catalog_file) in (None, "eval")
     if own_run:
         runs.start_run(run_id, kind="eval", config=config.model_dump(mode="json"), path=catalog_file)
     try:
