@@ -76,7 +76,7 @@ class TargetLook:
 
 TARGET_LOOKS = {
     # the agent is inside its marker's quadrant in every frame, so every video token and image token that holds
-    # the agent also holds the answer colour (measured: learned in 500-750 SFT steps for seeds 0-2)
+    # the agent also holds the answer colour (measured: learned within 500-1250 SFT steps in four seed runs)
     "fixed": TargetLook(margin=0.22, marker=0.16, start=0.35, reach=(0.80, 0.95)),
     # the original look: small markers, the agent starts on the centre (on all four quadrant tokens at once)
     "shuffled": TargetLook(margin=0.14, marker=1 / 12, start=0.0, reach=(0.55, 0.75)),
