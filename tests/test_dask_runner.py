@@ -45,7 +45,9 @@ def test_dask_shards_give_the_default_cache(prefect_harness, demo_root, tmp_path
     for key in ("samples", "media", "ok", "quarantined", "samples_excluded"):
         assert on_dask[key] == default[key], key
     a, b = _cache_files(tmp_path / "default"), _cache_files(tmp_path / "dask")
-    assert a.keys() == b.keys() and len(a) >= default["ok"]
+    # identical media (the demo repeats some end-state images) share one entry: a fresh cache holds one per
+    # distinct file, i.e. every decoded file less the in-run cache hits
+    assert a.keys() == b.keys() and len(a) == default["ok"] - default["cache_hits"] > 0
     for name in a:
         (ta, ma), (tb, mb) = read_entry(a[name]), read_entry(b[name])
         assert ma == mb, name
