@@ -86,3 +86,15 @@ def test_level_points_from_records():
     assert list(points) == ["L1", "L2"]
     assert points["L1"][0] == 0.5 and points["L1"][1] < 0.5 < points["L1"][2]
     assert points["L2"][2] == 1.0
+
+
+def test_metric_titles_keep_acronyms():
+    from matplotlib.figure import Figure
+
+    from care.eval.plots import _draw_metric
+
+    ax = Figure().add_subplot()
+    _draw_metric(ax, "SFT loss", [(1, 2.0), (2, 1.0)])
+    assert ax.get_title() == "SFT loss"
+    _draw_metric(ax, "bonus_rate", [(1, 0.5)])
+    assert ax.get_title() == "Consistency bonus rate"

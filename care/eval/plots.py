@@ -64,7 +64,9 @@ def _no_data(ax: Axes, message: str) -> None:
 
 
 def _draw_metric(ax: Axes, name: str, series: SeriesGroup) -> None:
-    title, ylabel = METRIC_TITLES.get(name, (name.replace("_", " ").capitalize(), name))
+    text = name.replace("_", " ")
+    # upper-case the first letter only: str.capitalize would turn "SFT loss" into "Sft loss"
+    title, ylabel = METRIC_TITLES.get(name, (text[:1].upper() + text[1:], name))
     ax.set_title(title)
     groups = {label: pts for label, pts in _as_groups(series).items() if pts}
     if not groups:
