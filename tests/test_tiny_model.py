@@ -156,3 +156,17 @@ def test_cli_models_tiny(tmp_path, capsys):
     main(["models", "tiny", str(tmp_path / "m2"), "--data-root", str(tmp_path / "d")])
     assert f"wrote tiny Qwen2.5-VL to {tmp_path / 'm2'}" in capsys.readouterr().out
     assert load_processor(tmp_path / "m2").tokenizer.eos_token == "<|im_end|>"
+
+
+def test_one_file_model_loads_and_checkpoints_without_transformers_bars(tiny_model_dir, tmp_path, capfd):
+    from transformers.utils import logging as hf_logging
+
+    from care.models.loading import load_model
+    from care.train.checkpoint import save_checkpoint
+
+    assert hf_logging.is_progress_bar_enabled()
+    model = load_model(tiny_model_dir)
+    save_checkpoint(tmp_path / "ck", policy=model)
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "Writing model shards" not in err
+    assert hf_logging.is_progress_bar_enabled()  # the setting is restored

@@ -7,10 +7,13 @@ Also here: the token ids generation must never sample (vision placeholders and t
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers.utils import logging as hf_logging
 
 from care.errors import CareError
 
@@ -53,6 +56,21 @@ def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
     return value
 
 
+@contextlib.contextmanager
+def hf_progress_bars(enabled: bool) -> Iterator[None]:
+    """Turn transformers' own progress bars on or off for a block, then restore the previous setting.
+
+    Its "Loading weights" and "Writing model shards" bars help with a multi-shard 7B model; for a one-file model
+    loaded or checkpointed every RL iteration they are hundreds of lines of log noise.
+    """
+    before = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
+
+
 def load_model(path: str | Path, *, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu"):
     """``AutoModelForImageTextToText.from_pretrained(path)`` in eval mode on ``device``.
 
@@ -62,8 +80,11 @@ def load_model(path: str | Path, *, dtype: str | torch.dtype | None = None, devi
     if folder is not None:
         _require(folder, ("config.json",), "config")
         _require(folder, WEIGHT_FILES, "weights")
+    # a bar only where loading takes a while: a hub id or a sharded folder
+    single_file = folder is not None and (folder / WEIGHT_FILES[0]).is_file()
     try:
-        model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=_dtype(dtype))
+        with hf_progress_bars(not single_file and hf_logging.is_progress_bar_enabled()):
+            model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=_dtype(dtype))
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load model from {path}: {first}") from exc

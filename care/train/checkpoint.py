@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from care.errors import CareError
 from care.failpoints import failpoint
+from care.models.loading import hf_progress_bars
 
 MANIFEST = "MANIFEST.json"
 FORMAT_VERSION = 1
@@ -187,11 +188,12 @@ def save_checkpoint(
     tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        policy.save_pretrained(tmp / "policy", safe_serialization=True)
-        if processor is not None:
-            processor.save_pretrained(tmp / "policy")
-        if reference is not None:
-            reference.save_pretrained(tmp / "reference", safe_serialization=True)
+        with hf_progress_bars(False):  # one bar per checkpoint is log noise; the stages report progress
+            policy.save_pretrained(tmp / "policy", safe_serialization=True)
+            if processor is not None:
+                processor.save_pretrained(tmp / "policy")
+            if reference is not None:
+                reference.save_pretrained(tmp / "reference", safe_serialization=True)
         if optimizer is not None:
             tensors, meta = _optimizer_to_files(optimizer)
             save_file(tensors, tmp / "optimizer.safetensors")
