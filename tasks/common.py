@@ -72,9 +72,11 @@ def run_stage(task: Task, *, run_id: str, iteration: int, stage: str, output_rea
         state.result()  # raises the task's exception
     manifest = state.result()
     cache_hit = state.name == "Cached"
+    # the key Prefect cached the result under (same function, same inputs), so SQL can tie a row to its result
+    key = task.cache_key_fn(None, {"run_id": run_id, "iteration": iteration, **params}) if task.cache_key_fn else None
     runs.record_stage(run_id, iteration, stage, status="completed", cache_hit=cache_hit,
                       attempts=0 if cache_hit else int(manifest.get("attempts", 1)), seconds=seconds,
-                      cache_key=manifest.get("cache_key"), output=manifest.get("path") or manifest.get("checkpoint"),
+                      cache_key=key, output=manifest.get("path") or manifest.get("checkpoint"),
                       path=catalog_file)
     return {**manifest, "cache_hit": cache_hit}
 

@@ -19,6 +19,8 @@ from care.config import load_config
 from care.data.annotations import load_annotations
 from care.data.demo import benchmark_corpus, demo_corpus, make_demo_benchmark
 from care.media.frame_cache import FrameCache
+from care.media.preprocess import distinct_media
+from care.media.workers import cache_many
 from care.models.loading import load_model, load_processor
 from care.models.tiny import make_tiny_model
 from care.pipeline import PipelineConfig
@@ -30,10 +32,9 @@ CHANCE = 0.25
 
 
 def _cache(cache: FrameCache, data_root: Path, samples) -> None:
-    for s in samples:
-        if s.video:
-            assert cache.put(data_root / s.video, "video").status == "ok", s.video
-        assert cache.put(data_root / s.image, "image").status == "ok", s.image
+    """The preprocessing stage's parallel decoding (care.media.workers), without Prefect."""
+    results = cache_many(distinct_media(samples, data_root), cache, workers=2)
+    assert all(r["status"] == "ok" for r in results), [r for r in results if r["status"] != "ok"][:3]
 
 
 @pytest.mark.slow

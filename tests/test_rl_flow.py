@@ -74,6 +74,12 @@ def test_three_iterations_fill_the_rollout_log(uninterrupted):
     stages = _sql(home, "select stage, count(*) as n, bool_and(status = 'completed') as ok from stages "
                         "where stage not like 'eval:%' group by 1 order by 1")
     assert stages == [{"stage": s, "n": ITERATIONS, "ok": True} for s in ("optimise", "rollout", "scoring")]
+    # each stage row names the Prefect cache key of its result: one per iteration, prefixed by the task
+    keys = _sql(home, "select stage, count(distinct cache_key) as k, "
+                      "bool_and(starts_with(cache_key, split_part(stage, ':', 1) || '-')) as ok "
+                      "from stages group by 1 order by 1")
+    assert keys == [{"stage": "eval:iter-00003:L1", "k": 1, "ok": True},
+                    *({"stage": s, "k": ITERATIONS, "ok": True} for s in ("optimise", "rollout", "scoring"))]
     steps = _sql(home, "select count(distinct step) as n from metrics where name = 'grad_norm'")
     assert steps == [{"n": ITERATIONS}]
     assert _sql(home, "select status from runs") == [{"status": "completed"}]
