@@ -143,3 +143,22 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path):
         save_checkpoint(tmp_path / "c", policy=Boom(), state=TrainingState(step=2))
     assert load_checkpoint_state(tmp_path / "c").step == 1
     assert [p.name for p in tmp_path.iterdir()] == ["c"]
+
+
+def test_checkpoint_write_removes_stale_temp_folders_only(tmp_path, tiny_model_dir):
+    import os
+    import time
+
+    from care.models.loading import load_model
+    from care.train.checkpoint import STALE_TEMP_S, save_checkpoint
+
+    runs = tmp_path / "checkpoints"
+    stale, fresh = runs / ".tmp-iter-00001-deadbeef", runs / ".tmp-iter-00002-inflight"
+    for d in (stale, fresh):
+        (d / "policy").mkdir(parents=True)
+    old = time.time() - STALE_TEMP_S - 60
+    os.utime(stale, (old, old))
+    save_checkpoint(runs / "iter-00003", policy=load_model(tiny_model_dir))
+    assert not stale.exists()  # left by a killed write
+    assert fresh.exists()  # may be another process's write in progress
+    assert sorted(p.name for p in runs.iterdir()) == [".tmp-iter-00002-inflight", "iter-00003"]

@@ -23,6 +23,7 @@ import json
 import os
 import random
 import shutil
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from care.models.loading import hf_progress_bars
 
 MANIFEST = "MANIFEST.json"
 FORMAT_VERSION = 1
+STALE_TEMP_S = 3600.0  # a .tmp-* checkpoint folder untouched this long was left by a killed write
 
 
 class CheckpointError(CareError):
@@ -185,6 +187,7 @@ def save_checkpoint(
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(folder.parent)
     tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -280,6 +283,25 @@ def make_initial_checkpoint(model_path: str | Path, folder: str | Path) -> Path:
 def iteration_checkpoint_name(iteration: int) -> str:
     """Name of the checkpoint after ``iteration`` completed iterations (``iter-00000`` is the starting model)."""
     return f"iter-{iteration:05d}"
+
+
+def remove_stale_temps(folder: str | Path, older_than_s: float = STALE_TEMP_S) -> list[Path]:
+    """Delete ``.tmp-*`` folders left in ``folder`` by checkpoint writes that were killed.
+
+    Only ones untouched for ``older_than_s``: a write in progress (seconds to minutes, even for a 7B model) in
+    another process is never taken for a dead one.
+    """
+    cutoff = time.time() - older_than_s
+    removed = []
+    for p in Path(folder).glob(".tmp-*"):
+        try:
+            stale = p.is_dir() and p.stat().st_mtime < cutoff
+        except FileNotFoundError:  # finished (renamed) meanwhile
+            continue
+        if stale:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
 
 
 def latest_complete(folder: str | Path, prefix: str = "iter-") -> tuple[int, Path] | None:
