@@ -44,7 +44,7 @@ class PipelineConfig(StageConfig):
     evaluate: list[str] = Field(list(EVAL_POINTS), description="Checkpoints to evaluate: base, sft, rl.")
     sft: dict[str, Any] = Field(default_factory=dict, description="SFTConfig options (model/data_root/frames/seed are filled in).")
     rl: dict[str, Any] = Field(default_factory=dict, description="RLConfig options (model/data_root/frames/seed are filled in).")
-    eval: dict[str, Any] = Field(default_factory=dict, description="EvalConfig options (checkpoint/data_root/frames/label are filled in).")
+    eval: dict[str, Any] = Field(default_factory=dict, description="EvalConfig options (checkpoint/data_root/label are filled in; frames default to the pipeline's, eval.frames options override them, e.g. nframes: 16).")
 
     @model_validator(mode="after")
     def _sections_valid(self) -> PipelineConfig:
@@ -75,9 +75,14 @@ class PipelineConfig(StageConfig):
     def rl_config(self, model: str, data_root: str) -> RLConfig:
         return RLConfig.model_validate({**self.rl, **self._common(model, data_root)})
 
+    def eval_frames(self) -> FrameSampling:
+        """The evaluations' frame sampling: the pipeline's, with the options of ``eval.frames`` on top (the
+        SEED-Bench-R1 protocol evaluates 16 frames, more than RL trains with)."""
+        return FrameSampling.model_validate({**self.frames.model_dump(), **self.eval.get("frames", {})})
+
     def eval_config(self, checkpoint: str, data_root: str, label: str) -> EvalConfig:
         return EvalConfig.model_validate({**self.eval, "checkpoint": checkpoint, "data_root": data_root,
-                                          "frames": self.frames.model_dump(), "label": label})
+                                          "frames": self.eval_frames().model_dump(), "label": label})
 
 
 def _nested(section: str, exc: ValidationError) -> str:

@@ -19,7 +19,8 @@ SMALL = {
     "rl": {"shuffle_options": False, "iterations": 1,
            "rollout": {"group_size": 2, "prompts_per_iteration": 2, "sampling": {"max_new_tokens": 8}},
            "optim": {"micro_batch_size": 4}},
-    "eval": {"decoding": {"max_new_tokens": 8}, "batch_size": 4},
+    # evaluations sample more frames than training, as SEED-Bench-R1's 16-frame protocol does
+    "eval": {"decoding": {"max_new_tokens": 8}, "batch_size": 4, "frames": {"nframes": 6}},
 }
 
 
@@ -44,6 +45,8 @@ def test_pipeline_runs_every_stage(first_and_second):
     with open(first["plot"], "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     assert json.loads(Path(first["results"]).read_text())["table"] == table
+    nframes = catalog.query("select distinct nframes from eval_predictions", path=home / "care.duckdb")
+    assert nframes == [(6,)]
     kinds = dict(catalog.query("select kind, count(*) from runs group by 1", path=home / "care.duckdb"))
     assert kinds == {"pipeline": 1, "sft": 1, "rl": 1, "eval": 1}
 
@@ -59,3 +62,27 @@ def test_second_run_reuses_every_stage(first_and_second):
     assert catalog.query("select count(*) from rollouts", path=db) == [(2 * 2,)]
     rl_stages = catalog.query("select count(*) from stages where stage in ('rollout', 'scoring', 'optimise')", path=db)
     assert rl_stages == [(3,)]
+
+
+def test_eval_frames_override_the_pipeline_frames_field_by_field():
+    config = PipelineConfig.model_validate({"frames": {"nframes": 4, "max_pixels": 3136},
+                                            "eval": {"frames": {"nframes": 16}}})
+    frames = config.eval_config("ckpt", "data", "base").frames
+    assert (frames.nframes, frames.max_pixels) == (16, 3136)
+    assert config.sft_config("m", "data").frames.nframes == config.rl_config("m", "data").frames.nframes == 4
+    # without eval.frames the evaluations sample as training does
+    assert PipelineConfig.model_validate({"frames": {"nframes": 4}}).eval_config("c", "d", "base").frames.nframes == 4
+
+
+def test_unknown_eval_frame_option_is_refused_with_its_name():
+    with pytest.raises(ValueError, match="nframe"):
+        PipelineConfig.model_validate({"eval": {"frames": {"nframe": 16}}})
+
+
+def test_real_data_config_in_data_folder_is_valid():
+    """data/seedbench_r1.yaml, the README's recipe for the real benchmark, loads (16 evaluation frames)."""
+    from care.config import load_config
+
+    config = load_config(PipelineConfig, Path(__file__).parents[1] / "data" / "seedbench_r1.yaml")
+    assert config.rl_config("m", "d").rollout.backend == "vllm"
+    assert config.eval_config("c", "d", "base").frames.nframes == 16

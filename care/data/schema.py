@@ -1,6 +1,6 @@
 """One typed sample for both SEED-Bench-R1 row shapes (training and validation).
 
-The benchmark layout (see README, "Data layout"):
+The benchmark layout (see data/README.md):
 
     <root>/annotations/{training_6k,training_with_cot_6k,validation_L1,validation_L2,validation_L3}.jsonl
     <root>/videos/<video_source>/<video_basename>
