@@ -35,11 +35,6 @@ def pipeline(config: PipelineConfig, home: str | None = None) -> dict:
                                            config.tiny_model_seed)
         preprocess(PreprocessConfig(data_root=data_root, annotations=ANNOTATIONS, sampling=config.frames,
                                     workers=config.workers, shuffle_options=False), home=str(ws.root))
-        if config.evaluate and config.eval_frames() != config.frames:
-            # evaluations sample frames their own way (eval.frames): their levels get cache entries of their own
-            levels = config.eval_config(model, data_root, "base").levels
-            preprocess(PreprocessConfig(data_root=data_root, annotations=list(levels), sampling=config.eval_frames(),
-                                        workers=config.workers, shuffle_options=False), home=str(ws.root))
         evaluations, run_ids, policy = {}, {}, model
         if "base" in config.evaluate:
             evaluations["base"] = evaluate(config.eval_config(model, data_root, "base"), home=str(ws.root))
