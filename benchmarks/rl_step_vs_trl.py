@@ -206,20 +206,22 @@ def run_ours(info: dict, a: argparse.Namespace, meter: PhaseMeter, *, video: boo
     samples, cache = load_samples(info, a.prompts * (a.warmup + a.steps), video=video)
     source = DecodingCache(cache) if decode else cache
     by_id = {s.sample_id: s for s in samples}
+    # one optimizer step per generation batch: the RL config resolves behaviour log-probs to the sampler's
     rollout_cfg = RolloutConfig(group_size=a.G, prompts_per_iteration=a.prompts, generation_batch_prompts=a.prompts,
+                                behaviour_logprobs="sampler",
                                 sampling=SamplingParams(max_new_tokens=a.max_new, temperature=1.0, top_p=0.95,
                                                         top_k=50))
     optim_cfg = OptimConfig(learning_rate=a.lr, micro_batch_size=a.G * a.prompts, lr_scheduler="constant",
                             max_grad_norm=5.0, weight_decay=0.01)
     behaviour = rollout_mod.behaviour_logprobs
 
-    def timed_behaviour(*args, **kwargs):  # the behaviour log-prob pass is scoring work, not generation
+    def timed_behaviour(*args, **kwargs):  # a behaviour log-prob forward pass is scoring work, not generation
         t0 = time.perf_counter()
         out = behaviour(*args, **kwargs)
         meter.add("rollout_logprobs", time.perf_counter() - t0)
         return out
 
-    rollout_mod.behaviour_logprobs = timed_behaviour
+    rollout_mod.behaviour_logprobs = timed_behaviour  # only called with behaviour_logprobs="forward"
     root = Path(tempfile.mkdtemp(prefix="care-bench-"))
     ck = Path(info["ck0"])
     for it in range(a.warmup + a.steps):
@@ -229,7 +231,7 @@ def run_ours(info: dict, a: argparse.Namespace, meter: PhaseMeter, *, video: boo
         with meter.measure("generation"):
             gen = run_rollout_stage(run_id="bench", iteration=it, checkpoint=ck, samples=batch, cache=source,
                                     config=rollout_cfg, seed=0, out_dir=out)
-        lp = meter.seconds["rollout_logprobs"][-1]
+        lp = meter.seconds["rollout_logprobs"].pop() if meter.seconds.get("rollout_logprobs") else 0.0
         meter.seconds["generation"][-1] -= lp
         with meter.measure("scoring"):
             sc = run_scoring_stage(generated_path=gen["path"], checkpoint=ck, samples=by_id, cache=source,

@@ -3,7 +3,8 @@ weights as the unoptimised path, on the tiny model and the demo set.
 
 - ``encode_prompts`` processes a prompt repeated for its G rollouts once (``_repeat_rows``);
 - the stages share one read of each sample's frames (``shared_prompt_items``);
-- models stay warm across stages of one process (``care.train.warm``) instead of being reloaded.
+- models stay warm across stages of one process (``care.train.warm``) instead of being reloaded;
+- behaviour log-probs are recorded while sampling instead of by a second forward pass.
 """
 
 from __future__ import annotations
@@ -17,14 +18,20 @@ import torch
 from safetensors.torch import load_file
 
 from care.algo.likelihood import token_log_probs
+from care.models.generation import Decoding, sample_completions
 from care.models.inputs import encode_prompt_completions, encode_prompts, model_inputs
-from care.models.loading import load_model, load_processor
+from care.models.loading import load_model, load_processor, suppressed_token_ids
 from care.store.rollout_log import read_rows
 from care.train import warm
 from care.train.checkpoint import make_initial_checkpoint
-from care.train.config import OptimConfig, RolloutConfig, SamplingParams, ScoringConfig
+from care.train.config import OptimConfig, RLConfig, RolloutConfig, SamplingParams, ScoringConfig
 from care.train.optimise import load_scored_batch, optimise
-from care.train.rollout import completion_target_mask, run_rollout_stage, shared_prompt_items
+from care.train.rollout import (
+    behaviour_logprobs,
+    completion_target_mask,
+    run_rollout_stage,
+    shared_prompt_items,
+)
 from care.train.samples import prompt_items
 from care.train.scoring import run_scoring_stage
 from tests.rl_helpers import cache_demo
@@ -157,3 +164,65 @@ def test_blocked_logsumexp_equals_the_per_row_one(vocab):
     torch.testing.assert_close(selective_log_softmax(logits, index), per_row, rtol=0, atol=1e-6)
     torch.testing.assert_close(selective_log_softmax(logits, index),
                                torch.log_softmax(logits, -1).gather(-1, index[:, None])[:, 0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("video", [True, False])
+def test_sampler_log_probs_equal_a_forward_pass(setup, temperature, video):
+    """Recorded while sampling (KV cache, left-padded prompts, top-k / top-p / suppression active) equals the
+    update's own function over prompt + completion, and recording does not change what is sampled."""
+    model, processor = load_model(setup["model"]), setup["processor"]
+    tok = processor.tokenizer
+    # an untrained model rarely samples EOS: raise its logit so rows end at different lengths (padding after EOS)
+    eos_boost = torch.zeros(model.get_output_embeddings().out_features)
+    eos_boost[tok.eos_token_id] = 2.0
+    model.get_output_embeddings().register_forward_hook(lambda module, args, out: out + eos_boost)
+    chosen = [s for s in setup["samples"] if s.video][:P]
+    if not video:
+        chosen = [dataclasses.replace(s, video=None) for s in chosen]
+    items, rates = shared_prompt_items(chosen, setup["data"].cache())
+    enc = encode_prompts(processor, items, fps=rates)
+    decoding = Decoding(temperature=temperature, top_p=0.9, top_k=20, max_new_tokens=24)
+    kwargs = {"group_size": G, "decoding": decoding, "seed": 5, "eos_token_ids": [tok.eos_token_id],
+              "pad_token_id": tok.pad_token_id, "suppress_token_ids": suppressed_token_ids(processor)}
+    recorded = sample_completions(model, enc, tok, record_logprobs=True, **kwargs)
+    plain = sample_completions(model, enc, tok, **kwargs)
+    assert [c.token_ids for c in recorded] == [c.token_ids for c in plain]
+    assert all(c.logprobs is None for c in plain)
+    forward = behaviour_logprobs(model, processor, [items[c.prompt_index] for c in recorded],
+                                 [rates[c.prompt_index] for c in recorded], [c.token_ids for c in recorded],
+                                 temperature=temperature)
+    for c, f in zip(recorded, forward, strict=True):
+        assert len(c.logprobs) == len(c.token_ids) == len(f)
+        np.testing.assert_allclose(c.logprobs, f, rtol=0, atol=1e-5)
+    lengths = {len(c.token_ids) for c in recorded}
+    assert len(lengths) > 1 and max(lengths) <= decoding.max_new_tokens, lengths  # rows ended at EOS, unequally
+
+
+def test_rollout_stage_log_probs_from_sampler_equal_forward(setup):
+    """The rollout stage with either source writes the same shard (tokens exact, log-probs to float rounding)."""
+    ck = make_initial_checkpoint(setup["model"], setup["home"] / "source-ck")
+    shards = {}
+    for source in ("sampler", "forward"):
+        config = RolloutConfig(group_size=G, prompts_per_iteration=P, behaviour_logprobs=source,
+                               sampling=SamplingParams(max_new_tokens=MAX_NEW))
+        gen = run_rollout_stage(run_id="src", iteration=0, checkpoint=ck, samples=setup["samples"][:P],
+                                cache=setup["data"].cache(), config=config, seed=1,
+                                out_dir=setup["home"] / f"source-{source}")
+        shards[source] = read_rows(Path(gen["path"]))
+    for a, b in zip(shards["sampler"], shards["forward"], strict=True):
+        assert a["completion_ids"] == b["completion_ids"]
+        np.testing.assert_allclose(a["behaviour_logprobs"], b["behaviour_logprobs"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("steps", "given", "expected"), [
+    (1, None, "sampler"), (3, None, "forward"), (1, "auto", "sampler"), (3, "sampler", "sampler"),
+    (1, "forward", "forward"),
+])
+def test_rl_config_resolves_the_behaviour_log_prob_source(steps, given, expected):
+    rollout = {} if given is None else {"behaviour_logprobs": given}
+    as_dicts = RLConfig.model_validate({"model": "m", "data_root": "d", "rollout": rollout,
+                                        "optim": {"steps_per_generation": steps}})
+    as_models = RLConfig(model="m", data_root="d", rollout=RolloutConfig(**rollout),
+                         optim=OptimConfig(steps_per_generation=steps))
+    assert as_dicts.rollout.behaviour_logprobs == as_models.rollout.behaviour_logprobs == expected

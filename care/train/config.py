@@ -33,6 +33,12 @@ class RolloutConfig(StageConfig):
     prompts_per_iteration: int = Field(4, ge=1, description="Prompts per generation batch (one RL iteration).")
     generation_batch_prompts: int = Field(4, ge=1, description="Prompts per generate() call (a memory knob; the per-call seed depends on it, so it is part of the config).")
     sampling: SamplingParams = Field(default_factory=SamplingParams)
+    behaviour_logprobs: Literal["auto", "sampler", "forward"] = Field(
+        "auto", description="Where the hf backend's behaviour log-probs come from: 'sampler' records them while "
+        "sampling (no extra pass; equal to a forward pass up to float rounding of the KV-cache), 'forward' runs one "
+        "more forward pass with the update's own function (bit-identical to the update's first log-probs, which "
+        "PPO ratios over several steps want, above all in bf16). auto = forward when optim.steps_per_generation > 1, "
+        "else sampler (the update does not read them then).")
     vllm_python: str | None = Field(None, description="Python of the separate vLLM environment (backend=vllm).")
     vllm_tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor-parallel size (backend=vllm).")
     vllm_gpu_memory_utilization: float = Field(0.6, gt=0, le=1, description="vLLM GPU memory share (backend=vllm).")
@@ -105,6 +111,27 @@ class RLConfig(StageConfig):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_behaviour_logprobs(cls, data):
+        # 'auto' needs the optimiser's settings, which the rollout stage does not see: decide it here
+        if not isinstance(data, dict):
+            return data
+        optim, rollout = data.get("optim") or {}, data.get("rollout") or {}
+        if not isinstance(optim, dict | OptimConfig) or not isinstance(rollout, dict | RolloutConfig):
+            return data  # field validation reports the type error
+        steps = optim.steps_per_generation if isinstance(optim, OptimConfig) else optim.get("steps_per_generation", 1)
+        try:
+            choice = "forward" if int(steps) > 1 else "sampler"
+        except (TypeError, ValueError):
+            return data  # field validation names the bad value
+        if isinstance(rollout, RolloutConfig):
+            if rollout.behaviour_logprobs == "auto":
+                rollout = rollout.model_copy(update={"behaviour_logprobs": choice})
+        elif rollout.get("behaviour_logprobs", "auto") == "auto":
+            rollout = {**rollout, "behaviour_logprobs": choice}
+        return {**data, "rollout": rollout}
 
     @model_validator(mode="before")
     @classmethod

@@ -2,8 +2,9 @@
 
 Reads frames only from the frame cache. For each chunk of ``generation_batch_prompts`` prompts: encode the
 prompts, sample G completions each (seeded per chunk from the run seed and iteration, so a re-run samples the
-same tokens), then compute the behaviour log-probs with one forward pass that applies the LM head only at
-completion positions (``care.algo.likelihood.token_log_probs``, the same function the update uses).
+same tokens) and keep the behaviour log-probs of the sampled tokens: recorded by the sampler
+(``behaviour_logprobs="sampler"``), or from one more forward pass that applies the LM head only at completion
+positions (``"forward"``: ``care.algo.likelihood.token_log_probs``, the same function the update uses).
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ def run_rollout_stage(*, run_id: str, iteration: int, checkpoint: str | Path, sa
     decoding = Decoding(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_new_tokens=s.max_new_tokens)
     suppress = suppressed_token_ids(processor)
     ckpt = checkpoint_id(checkpoint)
+    from_sampler = config.behaviour_logprobs != "forward"  # an unresolved 'auto' (stage called alone): sampler
     rows: list[dict] = []
     step = config.generation_batch_prompts
     for chunk, start in enumerate(range(0, len(samples), step)):
@@ -129,12 +131,14 @@ def run_rollout_stage(*, run_id: str, iteration: int, checkpoint: str | Path, sa
         completions = sample_completions(
             model, inputs, tokenizer, group_size=config.group_size, decoding=decoding,
             seed=chunk_seed(seed, iteration, chunk), eos_token_ids=[tokenizer.eos_token_id],
-            pad_token_id=tokenizer.pad_token_id, suppress_token_ids=suppress,
+            pad_token_id=tokenizer.pad_token_id, suppress_token_ids=suppress, record_logprobs=from_sampler,
         )
-        expanded = [items[c.prompt_index] for c in completions]
-        expanded_rates = [rates[c.prompt_index] for c in completions]
-        logps = behaviour_logprobs(model, processor, expanded, expanded_rates, [c.token_ids for c in completions],
-                                   temperature=s.temperature)
+        if from_sampler:
+            logps = [list(c.logprobs) for c in completions]
+        else:
+            logps = behaviour_logprobs(model, processor, [items[c.prompt_index] for c in completions],
+                                       [rates[c.prompt_index] for c in completions],
+                                       [c.token_ids for c in completions], temperature=s.temperature)
         seconds = (time.perf_counter() - t0) / max(len(completions), 1)
         rows += rollout_rows(
             run_id=run_id, iteration=iteration, first_group=start, samples=group, completions=completions,
