@@ -162,3 +162,43 @@ def test_checkpoint_write_removes_stale_temp_folders_only(tmp_path, tiny_model_d
     assert not stale.exists()  # left by a killed write
     assert fresh.exists()  # may be another process's write in progress
     assert sorted(p.name for p in runs.iterdir()) == [".tmp-iter-00002-inflight", "iter-00003"]
+
+
+def _files(ckpt):
+    return json.loads((ckpt / "MANIFEST.json").read_text())["files"]
+
+
+def test_unchanged_reference_is_linked_from_the_previous_checkpoint(tmp_path):
+    reference = _tiny_lm(1)
+    first = save_checkpoint(tmp_path / "a", policy=_tiny_lm(0), reference=reference)
+    fresh = save_checkpoint(tmp_path / "fresh", policy=_tiny_lm(2), reference=reference)
+    linked = save_checkpoint(tmp_path / "b", policy=_tiny_lm(2), reference=reference, reference_from=first)
+    assert is_complete(linked)
+    ref_files = [name for name in _files(linked) if name.startswith("reference/")]
+    assert ref_files and "reference/model.safetensors" in ref_files
+    for name in ref_files:
+        assert (linked / name).stat().st_ino == (first / name).stat().st_ino, name  # the same file, not a copy
+        assert _files(linked)[name] == _files(fresh)[name], name  # byte for byte what a fresh save writes
+    # the source checkpoint can go (pruning): the linked one stays whole
+    import shutil
+
+    shutil.rmtree(first)
+    assert is_complete(linked)
+    loaded = Qwen2ForCausalLM.from_pretrained(linked / "reference")
+    for k, v in reference.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_altered_source_reference_is_not_linked(tmp_path):
+    reference = _tiny_lm(1)
+    first = save_checkpoint(tmp_path / "a", policy=_tiny_lm(0), reference=reference)
+    weights = first / "reference" / "model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 0xFF  # one flipped byte in the last tensor: still loadable, but not the checkpoint's file
+    weights.write_bytes(bytes(blob))
+    linked = save_checkpoint(tmp_path / "b", policy=_tiny_lm(2), reference=reference, reference_from=first)
+    assert is_complete(linked)
+    assert (linked / "reference" / "model.safetensors").stat().st_ino != weights.stat().st_ino
+    loaded = Qwen2ForCausalLM.from_pretrained(linked / "reference")
+    for k, v in reference.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v, rtol=0, atol=0)

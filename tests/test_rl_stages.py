@@ -87,12 +87,22 @@ def test_policy_moves_and_ema_reference_moves_exactly(batch):
         torch.testing.assert_close(ref[k], 0.9 * before[k] + 0.1 * after[k], rtol=1e-5, atol=1e-6, msg=k)
     assert result["steps"][0]["ema_updates"] == 1.0
     assert read_training_state(ck).extra["ema_updates"] == 1
+    assert not _same_file(ck, batch["ck0"], "reference/model.safetensors")  # moved: written anew
 
 
-def test_frozen_reference_does_not_move(batch):
-    _, ck = _optimise(batch, "frozen", ref_mode="frozen", ema_every=1)
+def _same_file(a: Path, b: Path, rel: str) -> bool:
+    return (Path(a) / rel).stat().st_ino == (Path(b) / rel).stat().st_ino
+
+
+@pytest.mark.parametrize(("name", "options"), [("frozen", {"ref_mode": "frozen", "ema_every": 1}),
+                                               ("ema-not-due", {"ema_every": 1000})])
+def test_reference_that_did_not_move_is_linked_not_rewritten(batch, name, options):
+    result, ck = _optimise(batch, name, **options)
     before, ref = _weights(batch["ck0"], "reference"), _weights(ck, "reference")
     assert all(torch.equal(before[k], ref[k]) for k in before)
+    assert result["steps"][0]["ema_updates"] == 0.0
+    assert _same_file(ck, batch["ck0"], "reference/model.safetensors") and is_complete(ck)
+    assert not _same_file(ck, batch["ck0"], "policy/model.safetensors")
 
 
 def test_nonfinite_loss_skips_the_step(batch, tmp_path):

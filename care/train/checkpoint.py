@@ -3,7 +3,8 @@
 Layout of one checkpoint folder (``<run>/checkpoints/<name>/``)::
 
     policy/              save_pretrained (safetensors) + the processor, so the folder is a loadable model path
-    reference/           save_pretrained of the EMA / frozen reference (absent when there is none)
+    reference/           save_pretrained of the EMA / frozen reference (absent when there is none); hard links
+                         to the previous checkpoint's files when it did not change (``reference_from``)
     optimizer.safetensors + optimizer.json     AdamW moments (tensors) and param groups (JSON)
     scheduler.json       learning-rate scheduler state
     rng.safetensors + rng.json                 torch CPU/CUDA RNG states, Python and NumPy RNG states
@@ -135,10 +136,34 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(folder: Path) -> None:
+def manifest_entries(folder: Path) -> dict[str, dict[str, Any]]:
+    """{relative path: {"sha256", "size"}} of every file under ``folder`` but the manifest."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    entries = {str(p.relative_to(folder)): {"sha256": _sha256(p), "size": p.stat().st_size} for p in files}
+    return {str(p.relative_to(folder)): {"sha256": _sha256(p), "size": p.stat().st_size} for p in files}
+
+
+def write_manifest(folder: Path, entries: dict[str, dict[str, Any]] | None = None) -> None:
+    entries = manifest_entries(folder) if entries is None else entries
     _write_json(folder / MANIFEST, {"format_version": FORMAT_VERSION, "files": entries})
+
+
+def _link_subfolder(source: Path, rel: str, dest: Path) -> dict[str, dict[str, Any]]:
+    """Hard-link (copy where the filesystem cannot link) ``source/rel/**`` into ``dest/rel``.
+
+    Returns the source manifest's entries of those files, against which the caller checks what it linked.
+    """
+    listed = json.loads((source / MANIFEST).read_text())["files"]
+    mine = {k: v for k, v in listed.items() if k.startswith(rel + "/")}
+    if not mine:
+        raise CheckpointError(f"{source}: its {MANIFEST} lists no {rel}/ files")
+    for name in mine:
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source / name, target)
+        except OSError:
+            shutil.copy2(source / name, target)
+    return mine
 
 
 def verify_manifest(folder: Path) -> None:
@@ -180,10 +205,15 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any | None = None,
     state: TrainingState | None = None,
+    reference_from: str | Path | None = None,
 ) -> Path:
     """Write a complete checkpoint to ``folder`` atomically and return its path.
 
     An existing complete checkpoint at ``folder`` is replaced only after the new one is fully written.
+    ``reference_from``: a complete checkpoint whose ``reference/`` holds exactly ``reference`` (the EMA did not
+    move since). Its files are hard-linked instead of serialising the model again (an RL iteration without an
+    EMA update then writes one model, not two); each linked file must match that checkpoint's manifest, else
+    ``reference`` is written as usual.
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -191,11 +221,14 @@ def save_checkpoint(
     tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
+        linked: dict[str, dict[str, Any]] = {}
+        if reference is not None and reference_from is not None and (Path(reference_from) / "reference").is_dir():
+            linked = _link_subfolder(Path(reference_from), "reference", tmp)
         with hf_progress_bars(False):  # one bar per checkpoint is log noise; the stages report progress
             policy.save_pretrained(tmp / "policy", safe_serialization=True)
             if processor is not None:
                 processor.save_pretrained(tmp / "policy")
-            if reference is not None:
+            if reference is not None and not linked:
                 reference.save_pretrained(tmp / "reference", safe_serialization=True)
         if optimizer is not None:
             tensors, meta = _optimizer_to_files(optimizer)
@@ -208,7 +241,13 @@ def save_checkpoint(
         _write_json(tmp / "rng.json", rng_meta)
         st = state or TrainingState()
         _write_json(tmp / "state.json", {"format_version": FORMAT_VERSION, **st.__dict__})
-        write_manifest(tmp)
+        entries = manifest_entries(tmp)
+        if any(entries.get(name) != info for name, info in linked.items()):  # source altered since it was written
+            shutil.rmtree(tmp / "reference")
+            with hf_progress_bars(False):
+                reference.save_pretrained(tmp / "reference", safe_serialization=True)
+            entries = manifest_entries(tmp)
+        write_manifest(tmp, entries)
         _fsync_tree(tmp)
         failpoint("checkpoint-write", st.iteration)
         if folder.exists():

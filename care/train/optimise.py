@@ -187,6 +187,7 @@ def optimise(*, checkpoint_in: str | Path, checkpoint_out: str | Path, rows: lis
     micro = _micro_batches(local, config.micro_batch_size)
     use_behaviour = config.steps_per_generation > 1
     step, ema_updates, skipped = state.step, int(state.extra.get("ema_updates", 0)), int(state.extra.get("skipped_steps", 0))
+    ema_updates_in = ema_updates
     history = []
     for _ in range(config.steps_per_generation):
         t0 = time.perf_counter()
@@ -228,7 +229,9 @@ def optimise(*, checkpoint_in: str | Path, checkpoint_out: str | Path, rows: lis
                                   extra={"ema_updates": ema_updates, "skipped_steps": skipped})
         out_path = str(save_checkpoint(checkpoint_out, policy=policy_module, reference=reference, processor=processor,
                                        optimizer=optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-                                       scheduler=scheduler, state=new_state))
+                                       scheduler=scheduler, state=new_state,
+                                       # no EMA update in this stage: the reference is checkpoint_in's, bit for bit
+                                       reference_from=checkpoint_in if ema_updates == ema_updates_in else None))
         if world == 1 and not config.gradient_checkpointing:  # the next rollout / scoring stage starts warm
             warm.put(out_path, policy_and_processor=(policy_module, processor), reference_model=reference,
                      device=accelerator.device)
