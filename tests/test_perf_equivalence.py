@@ -4,7 +4,8 @@ weights as the unoptimised path, on the tiny model and the demo set.
 - ``encode_prompts`` processes a prompt repeated for its G rollouts once (``_repeat_rows``);
 - the stages share one read of each sample's frames (``shared_prompt_items``);
 - models stay warm across stages of one process (``care.train.warm``) instead of being reloaded;
-- behaviour log-probs are recorded while sampling instead of by a second forward pass.
+- behaviour log-probs are recorded while sampling instead of by a second forward pass;
+- the G rollouts of a prompt share one pass over the prompt (``care.models.shared_prompts``).
 """
 
 from __future__ import annotations
@@ -226,3 +227,75 @@ def test_rl_config_resolves_the_behaviour_log_prob_source(steps, given, expected
     as_models = RLConfig(model="m", data_root="d", rollout=RolloutConfig(**rollout),
                          optim=OptimConfig(steps_per_generation=steps))
     assert as_dicts.rollout.behaviour_logprobs == as_models.rollout.behaviour_logprobs == expected
+
+
+def _shared_prompt_batch(setup, video: bool):
+    chosen = [s for s in setup["samples"] if s.video][:P]
+    if not video:
+        chosen = [dataclasses.replace(s, video=None) for s in chosen]
+    rows = [s for s in chosen for _ in range(G)]
+    items, rates = shared_prompt_items(rows, setup["data"].cache())
+    gen = torch.Generator().manual_seed(1)
+    completions = [torch.randint(20, 200, (int(n),), generator=gen).tolist()
+                   for n in torch.randint(3, 10, (len(rows),), generator=gen)]
+    return encode_prompt_completions(setup["processor"], items, completions, fps=rates)
+
+
+def _log_probs_and_grads(model, batch, shared):
+    model.zero_grad(set_to_none=True)
+    out = token_log_probs(model, model_inputs(batch), completion_target_mask(batch), temperature=0.9,
+                          with_entropy=True, shared_prompts=batch["shared_prompts"] if shared else None)
+    (out.logp.sum() + 0.1 * out.entropy.sum()).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.logp.detach(), out.entropy.detach(), grads
+
+
+@pytest.mark.parametrize("video", [True, False])
+def test_shared_prompt_pass_gives_the_single_pass_numbers_and_gradients(setup, video):
+    batch = _shared_prompt_batch(setup, video)
+    shared = batch["shared_prompts"]
+    assert shared is not None and shared.inputs["input_ids"].shape[0] == P and shared.rows.tolist() == \
+        [k for k in range(P) for _ in range(G)]
+    model = load_model(setup["model"])
+    model.train()
+    logp, entropy, grads = _log_probs_and_grads(model, batch, shared=False)
+    logp_s, entropy_s, grads_s = _log_probs_and_grads(model, batch, shared=True)
+    torch.testing.assert_close(logp_s, logp, rtol=0, atol=1e-5)
+    torch.testing.assert_close(entropy_s, entropy, rtol=0, atol=1e-5)
+    assert set(grads_s) == set(grads)
+    assert any(name.startswith("model.visual") for name in grads)  # the vision tower is trained through the cache
+    for name, g in grads.items():
+        torch.testing.assert_close(grads_s[name], g, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_shared_prompt_pass_runs_the_prompt_once_per_distinct_prompt(setup):
+    batch = _shared_prompt_batch(setup, video=True)
+    model = load_model(setup["model"])
+    seen = []
+    model.model.register_forward_hook(lambda module, args, kwargs, out: seen.append(kwargs["input_ids"].shape),
+                                      with_kwargs=True)
+    with torch.no_grad():
+        token_log_probs(model, model_inputs(batch), completion_target_mask(batch),
+                        shared_prompts=batch["shared_prompts"])
+    p, c = batch["prompt_length"], batch["completion_ids"].shape[1]
+    assert seen == [torch.Size([P, p]), torch.Size([P * G, c])]
+
+
+def test_shared_prompts_fall_back_to_the_single_pass_where_they_cannot_apply(setup):
+    batch = _shared_prompt_batch(setup, video=True)
+    model = load_model(setup["model"])
+    model.gradient_checkpointing_enable()
+    model.train()
+    assert not batch["shared_prompts"].applies(model.model, model_inputs(batch))
+    logp, _, _ = _log_probs_and_grads(model, batch, shared=True)
+    model.gradient_checkpointing_disable()
+    reference, _, _ = _log_probs_and_grads(model, batch, shared=False)
+    torch.testing.assert_close(logp, reference, rtol=0, atol=1e-6)
+    # distinct prompts only: nothing to share
+    items, rates = shared_prompt_items(setup["samples"][:P], setup["data"].cache())
+    assert encode_prompt_completions(setup["processor"], items, [[30, 31]] * P, fps=rates)["shared_prompts"] is None
+    # a target inside the prompt cannot be scored from the shared pass
+    target = completion_target_mask(batch)
+    target[:, batch["prompt_length"] - 1] = True
+    with pytest.raises(ValueError, match="after the prompt"), torch.no_grad():
+        token_log_probs(model, model_inputs(batch), target, shared_prompts=batch["shared_prompts"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -91,6 +92,7 @@ def token_log_probs(
     chunk_size: int = 1024,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    shared_prompts: Any | None = None,
 ) -> TokenLogProbs:
     """Per-token log-probs of the target tokens [b, t] with the LM head applied at those positions only.
 
@@ -101,6 +103,9 @@ def token_log_probs(
         chunk_size: target positions per LM-head call (bounds the logits to ``chunk_size * v``).
         temperature: divides the logits first, to match the distribution the tokens were sampled from.
         with_entropy: also return the entropy of the predictive distribution at the target positions.
+        shared_prompts: the batch's repeated prompts (``care.models.shared_prompts.SharedPrompts``, from
+            ``encode_prompt_completions``): the decoder body then runs each distinct prompt once and the
+            completions on its cache, with the same result. Targets must then lie after the prompt.
     """
     input_ids = inputs["input_ids"]
     if target_mask.shape != input_ids.shape:
@@ -111,13 +116,19 @@ def token_log_probs(
         raise ValueError("target_mask[:, 0] is set: the first token has no preceding position to predict it")
     body, head = _body_and_head(model)
     forward_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "logits_to_keep")}
-    hidden = body(**forward_inputs, use_cache=False).last_hidden_state  # [b, t, h]
+    shared = shared_prompts.hidden_states(body, forward_inputs) if shared_prompts is not None else None
+    if shared is not None:
+        hidden, offset = shared  # hidden[:, j] is position offset + j (the prompt's last token on)
+        if target_mask[:, : offset + 1].any():
+            raise ValueError("with shared_prompts, targets must be completion tokens (after the prompt)")
+    else:
+        hidden, offset = body(**forward_inputs, use_cache=False).last_hidden_state, 0  # [b, t, h]
     rows, cols = target_mask.nonzero(as_tuple=True)  # [k], [k]
     targets = input_ids[rows, cols]
     logp_parts, entropy_parts = [], []
     for start in range(0, rows.numel(), chunk_size):
         sl = slice(start, start + chunk_size)
-        logits = head(hidden[rows[sl], cols[sl] - 1]).float() / temperature  # [chunk, v]
+        logits = head(hidden[rows[sl], cols[sl] - 1 - offset]).float() / temperature  # [chunk, v]
         logp_parts.append(selective_log_softmax(logits, targets[sl]))
         if with_entropy:
             entropy_parts.append(entropy_from_logits(logits.detach()))
@@ -149,13 +160,14 @@ def answer_likelihood(
     *,
     upper_bound: float = 0.95,
     chunk_size: int = 1024,
+    shared_prompts: Any | None = None,
 ) -> AnswerLikelihood:
     """Reference likelihood of each rollout's answer tokens (``target_mask`` [b, t], from
     :mod:`care.algo.answer_span`) under ``model``, in no-grad mode.
     """
     if not 0.0 < upper_bound <= 1.0:
         raise ValueError(f"upper_bound must be in (0, 1], got {upper_bound}")
-    logp = token_log_probs(model, inputs, target_mask, chunk_size=chunk_size).logp
+    logp = token_log_probs(model, inputs, target_mask, chunk_size=chunk_size, shared_prompts=shared_prompts).logp
     n_tokens = target_mask.sum(dim=-1)
     has_answer = n_tokens > 0
     mean_logp = logp.sum(dim=-1) / n_tokens.clamp(min=1)

@@ -142,7 +142,8 @@ def answer_likelihoods(model, processor, items, rates, completion_ids) -> tuple[
     span = answer_token_masks(batch["completion_ids"], batch["completion_mask"], processor.tokenizer)
     target = torch.cat([torch.zeros(len(items), batch["prompt_length"], dtype=torch.bool), span], dim=1)
     device = next(model.parameters()).device
-    out = answer_likelihood(model, _to_device(model_inputs(batch), device), target.to(device), upper_bound=1.0)
+    out = answer_likelihood(model, _to_device(model_inputs(batch), device), target.to(device), upper_bound=1.0,
+                            shared_prompts=batch["shared_prompts"])
     return out.p.float().cpu().tolist(), out.mean_logp.float().cpu().tolist()
 
 

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from transformers import BatchFeature
 
+from care.models.shared_prompts import SharedPrompts
+
 PER_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 
 
@@ -73,6 +75,12 @@ def encode_prompts(processor, items: Sequence[PromptItem | Mapping[str, Any]], *
     rollouts) is processed once and its rows and patches are repeated; the result equals encoding every
     occurrence separately (tested), at 1/G of the image/video processor work.
     """
+    return _encode_grouped(processor, items, fps)[0]
+
+
+def _encode_grouped(processor, items: Sequence[PromptItem | Mapping[str, Any]],
+                    fps: float | Sequence[float | None]) -> tuple[BatchFeature, SharedPrompts | None]:
+    """``encode_prompts``, plus the distinct prompts' own encoding when some prompt repeats."""
     items = [_item(i) for i in items]
     rates = _fps_list(fps, len(items))
     first: dict[int, int] = {}
@@ -82,8 +90,8 @@ def encode_prompts(processor, items: Sequence[PromptItem | Mapping[str, Any]], *
         enc = _encode_unique(processor, [u[0] for u in unique], [u[1] for u in unique])
         expanded = _repeat_rows(enc, [u[0] for u in unique], inverse)
         if expanded is not None:
-            return expanded
-    return _encode_unique(processor, items, rates)
+            return expanded, SharedPrompts(inputs=dict(enc), rows=torch.tensor(inverse, dtype=torch.long))
+    return _encode_unique(processor, items, rates), None
 
 
 def _repeat_rows(enc: BatchFeature, unique: Sequence[PromptItem], inverse: Sequence[int]) -> BatchFeature | None:
@@ -148,10 +156,12 @@ def encode_prompt_completions(processor, items: Sequence[PromptItem | Mapping[st
     Adds to the prompt batch: input_ids / attention_mask / mm_token_type_ids (b, p + c),
     ``completion_ids`` (b, c), ``completion_mask`` (b, c) (1 on real completion tokens) and
     ``prompt_length`` (an int, p). Completion token j of row i is predicted by logits[i, p - 1 + j].
+    When some prompt repeats (a prompt's G rollouts), ``shared_prompts`` holds the distinct prompts for
+    ``care.algo.likelihood.token_log_probs`` to run each once (``care.models.shared_prompts``); else None.
     """
     if len(completion_ids) != len(items):
         raise ValueError(f"{len(completion_ids)} completions for {len(items)} prompts")
-    enc = encode_prompts(processor, items, fps=fps)
+    enc, shared = _encode_grouped(processor, items, fps)
     pad = processor.tokenizer.pad_token_id
     rows = [torch.as_tensor(ids, dtype=torch.long).flatten() for ids in completion_ids]
     width = max((len(r) for r in rows), default=0)
@@ -169,12 +179,16 @@ def encode_prompt_completions(processor, items: Sequence[PromptItem | Mapping[st
     enc["completion_ids"] = comp
     enc["completion_mask"] = mask
     enc["prompt_length"] = prompt_length
+    enc["shared_prompts"] = shared
     return enc
 
 
+BATCH_ONLY_KEYS = ("completion_ids", "completion_mask", "prompt_length", "shared_prompts")
+
+
 def model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
-    """The keys of a batch the model's forward takes (drops completion_ids/mask and prompt_length)."""
-    return {k: v for k, v in batch.items() if k not in ("completion_ids", "completion_mask", "prompt_length")}
+    """The keys of a batch the model's forward takes (drops completion ids / mask, prompt length, shared prompts)."""
+    return {k: v for k, v in batch.items() if k not in BATCH_ONLY_KEYS}
 
 
 def completion_logits(model, batch: Mapping[str, Any]) -> torch.Tensor:

@@ -50,8 +50,10 @@ class CompletionLogProbs(nn.Module):
         super().__init__()
         self.policy = policy
 
-    def forward(self, inputs: Mapping[str, torch.Tensor], target_mask: torch.Tensor, temperature: float):
-        out = token_log_probs(self.policy, inputs, target_mask, temperature=temperature, with_entropy=True)
+    def forward(self, inputs: Mapping[str, torch.Tensor], target_mask: torch.Tensor, temperature: float,
+                shared_prompts=None):
+        out = token_log_probs(self.policy, inputs, target_mask, temperature=temperature, with_entropy=True,
+                              shared_prompts=shared_prompts)
         return out.logp, out.entropy
 
 
@@ -129,14 +131,15 @@ def _micro_step(scorer, reference, processor, accelerator, rows, samples, cache,
     p = batch["prompt_length"]
     mask = batch["completion_mask"].bool().to(device)
     with accelerator.autocast():
-        logp_full, entropy_full = scorer(inputs, target, temperature)
+        logp_full, entropy_full = scorer(inputs, target, temperature, batch["shared_prompts"])
     logp, entropy = logp_full[:, p:], entropy_full[:, p:]
     width = mask.shape[1]
     old = _pad([r["behaviour_logprobs"] for r in rows], width).to(device) if use_behaviour else None
     ref_logp = None
     if config.kl_beta > 0:
         with torch.no_grad():
-            ref_logp = token_log_probs(reference, inputs, target, temperature=temperature).logp[:, p:]
+            ref_logp = token_log_probs(reference, inputs, target, temperature=temperature,
+                                       shared_prompts=batch["shared_prompts"]).logp[:, p:]
     adv = torch.tensor([r["advantage"] for r in rows], dtype=torch.float32, device=device)
     out = policy_loss(logp, adv, mask, old_logp=old, ref_logp=ref_logp, eps_low=config.eps_low,
                       eps_high=config.eps_high, kl_beta=config.kl_beta, kl_estimator=config.kl_estimator,

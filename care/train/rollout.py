@@ -60,7 +60,8 @@ def behaviour_logprobs(model, processor, items, rates, completion_ids, *, temper
     device = next(model.parameters()).device
     inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in model_inputs(batch).items()}
     mask = completion_target_mask(batch).to(device)
-    logp = token_log_probs(model, inputs, mask, temperature=temperature).logp[:, batch["prompt_length"]:]
+    logp = token_log_probs(model, inputs, mask, temperature=temperature,
+                           shared_prompts=batch["shared_prompts"]).logp[:, batch["prompt_length"]:]
     return [logp[i, : len(ids)].tolist() for i, ids in enumerate(completion_ids)]
 
 

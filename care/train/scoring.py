@@ -45,7 +45,8 @@ def reference_likelihoods(reference, processor, rows: list[dict], samples: Mappi
                                   reproduce_reference=config.reproduce_reference)
         target = torch.cat([torch.zeros(len(chunk), batch["prompt_length"], dtype=torch.bool), span], dim=1)
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in model_inputs(batch).items()}
-        out = answer_likelihood(reference, inputs, target.to(device), upper_bound=config.confidence_upper_bound)
+        out = answer_likelihood(reference, inputs, target.to(device), upper_bound=config.confidence_upper_bound,
+                                shared_prompts=batch["shared_prompts"])
         p_all += out.p.float().cpu().tolist()
         logp_all += out.mean_logp.float().cpu().tolist()
         has_all += out.has_answer.cpu().tolist()

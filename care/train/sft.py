@@ -111,7 +111,7 @@ def sft_loss(model, processor, items: Sequence[PromptItem], rates: Sequence[floa
     device = next(model.parameters()).device
     inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in model_inputs(batch).items()}
     target = completion_target_mask(batch).to(device)  # [b, p + c]
-    logp = token_log_probs(model, inputs, target).logp  # [b, p + c], 0 off target
+    logp = token_log_probs(model, inputs, target, shared_prompts=batch["shared_prompts"]).logp  # [b, p + c]
     n_tokens = int(target.sum())
     return -logp.sum() / max(n_tokens, 1), n_tokens
 
