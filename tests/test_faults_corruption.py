@@ -10,6 +10,7 @@ import pytest
 
 from care.media import FrameCache, FrameSampling
 from care.media.cache import CacheCorruptError, read_entry
+from care.media.frame_cache import DECODED
 from care.media.synth import write_video
 from care.store.rollout_log import read_rows, write_rows_atomic
 from care.train.checkpoint import CheckpointError, latest_complete, make_initial_checkpoint
@@ -71,6 +72,9 @@ def test_corrupt_frame_cache_entry_is_refused_with_its_path_then_rebuilt(cached,
         _rewrite_meta(entry, lambda meta: {**meta, "sample_fps": meta["sample_fps"] * 2})
     else:
         entry.write_bytes(b"")
+    # damage in place can keep the entry's size and (coarse) mtime, and a process that read the entry before
+    # keeps serving the verified frames from memory; this test is about what a reader finds on disk
+    DECODED.clear()
     with pytest.raises(CacheCorruptError) as err:
         cache.load_media(video, "video")
     assert str(entry) in str(err.value) and "care preprocess" in str(err.value)

@@ -3,7 +3,8 @@ weights as the unoptimised path, on the tiny model and the demo set.
 
 - ``encode_prompts`` processes a prompt repeated for its G rollouts once (``_repeat_rows``);
 - the stages share one read of each sample's frames (``shared_prompt_items``);
-- models stay warm across stages of one process (``care.train.warm``) instead of being reloaded;
+- models, and the optimizer with its state, stay warm across stages of one process (``care.train.warm``) instead
+  of being reloaded;
 - behaviour log-probs are recorded while sampling instead of by a second forward pass;
 - the G rollouts of a prompt share one pass over the prompt (``care.models.shared_prompts``).
 """
@@ -125,12 +126,20 @@ def _two_iterations(setup, tag: str) -> dict:
 
 
 def test_warm_models_give_the_numbers_of_reloaded_ones(setup, monkeypatch):
+    import care.train.optimise as optimise_module
+
+    restored = []  # optimizer states read back from checkpoint files
+    load_state = optimise_module.load_checkpoint_state
+    monkeypatch.setattr(optimise_module, "load_checkpoint_state",
+                        lambda *a, **k: restored.append(a[0]) or load_state(*a, **k))
     monkeypatch.setenv("CARE_WARM_MODELS", "0")
     cold = _two_iterations(setup, "cold")
+    assert len(restored) == 1  # iteration 2 restores iteration 1's optimizer state from its checkpoint
     monkeypatch.setenv("CARE_WARM_MODELS", "1")
     warm.clear()
     hot = _two_iterations(setup, "warm")
     warm.clear()
+    assert len(restored) == 1  # warm: iteration 2 continued with the optimizer object iteration 1 saved
     assert [g[0] for g in hot["generated"]] == [g[0] for g in cold["generated"]]  # same sampled tokens
     for (_, a), (_, b) in zip(hot["generated"], cold["generated"], strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)

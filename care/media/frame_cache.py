@@ -7,10 +7,12 @@ after preprocessing decodes video. Shapes: frames ``(T, H, W, 3)`` uint8, image 
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from cachetools import LRUCache
 
 from care.data.schema import Sample
 from care.media.cache import (
@@ -26,6 +28,57 @@ from care.media.cache import (
 from care.media.decode import decode_video, load_image
 from care.media.probe import MediaError
 from care.media.sampling import FrameSampling
+
+
+def _memory_limit_bytes() -> int:
+    return int(float(os.environ.get("CARE_FRAME_MEMORY_MB", "256")) * 2**20)
+
+
+class DecodedEntries:
+    """Recently read entries, verified and decoded, kept in memory (least recently used out first).
+
+    The rollout, scoring and optimisation stages of one RL iteration read the same prompts' frames in turn; this
+    serves the second and third reads from memory. Keyed by the entry file's (path, inode, size, mtime): entries
+    are immutable and replaced only by renaming a new file into place, so a key never names changed bytes. The
+    arrays are shared between readers and therefore read-only. ``CARE_FRAME_MEMORY_MB`` bounds the memory
+    (default 256; 0 turns it off).
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._items: LRUCache | None = None
+
+    def _cache(self) -> LRUCache | None:
+        limit = _memory_limit_bytes()
+        if limit <= 0:
+            return None
+        if self._items is None or self._items.maxsize != limit:
+            self._items = LRUCache(maxsize=limit, getsizeof=lambda v: v[0].nbytes + v[1].nbytes + 64)
+        return self._items
+
+    def read(self, entry: Path) -> tuple[np.ndarray, np.ndarray, float]:
+        st = entry.stat()
+        key = (str(entry), st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            cache = self._cache()
+            hit = cache.get(key) if cache is not None else None
+        if hit is not None:
+            return hit
+        table, meta = read_entry(entry)
+        frames, timestamps = decode_frames(table), table.column("timestamp").to_numpy()
+        frames.flags.writeable = timestamps.flags.writeable = False
+        value = (frames, timestamps, float(meta.get("sample_fps", 0.0)))
+        with self._lock:
+            if cache is not None and value[0].nbytes + value[1].nbytes < cache.maxsize:
+                cache[key] = value
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items = None
+
+
+DECODED = DecodedEntries()
 
 
 @dataclass(frozen=True)
@@ -148,7 +201,8 @@ class FrameCache:
 
     # -- reading ---------------------------------------------------------------------------------------------
     def load_media(self, path: str | os.PathLike, kind: str) -> tuple[np.ndarray, np.ndarray, float]:
-        """Frames ``(T, H, W, 3)``, timestamps ``(T,)`` and sampled fps of one cached media file."""
+        """Frames ``(T, H, W, 3)``, timestamps ``(T,)`` and sampled fps of one cached media file (read-only arrays,
+        possibly shared with other readers: see ``DecodedEntries``)."""
         path = Path(path)
         if not path.is_file():
             raise CacheMissError(f"{path}: media file not found; the frame cache is keyed by file content")
@@ -156,9 +210,7 @@ class FrameCache:
         if not entry.is_file():
             raise CacheMissError(f"{path}: not in the frame cache {self.root} for these sampling parameters "
                                  "(quarantined, or not preprocessed: run `care preprocess`)")
-        table, meta = read_entry(entry)
-        timestamps = table.column("timestamp").to_numpy()
-        return decode_frames(table), timestamps, float(meta.get("sample_fps", 0.0))
+        return DECODED.read(entry)
 
     def load(self, sample: Sample) -> CachedSample:
         """The sample's sampled frames, timestamps, sampled fps and current-observation image, from the cache."""

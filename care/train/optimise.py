@@ -170,12 +170,18 @@ def optimise(*, checkpoint_in: str | Path, checkpoint_out: str | Path, rows: lis
         policy.gradient_checkpointing_enable()
         policy.config.use_cache = False
     policy.train()
-    optimizer = make_optimizer(policy, config)
-    scheduler = make_scheduler(optimizer, config, total_steps)
-    has_optimizer = (Path(checkpoint_in) / "optimizer.safetensors").is_file()
-    state = (load_checkpoint_state(checkpoint_in, optimizer=optimizer if has_optimizer else None,
-                                   scheduler=scheduler if has_optimizer else None, restore_rng_state=False)
-             if has_optimizer else read_training_state(checkpoint_in))
+    signature = (config.model_dump_json(), total_steps)
+    held = warm.take_trainer(checkpoint_in, policy, signature, device=accelerator.device)
+    if held is not None:  # the optimizer state this process just wrote to checkpoint_in, still in memory
+        optimizer, scheduler = held
+        state = read_training_state(checkpoint_in)
+    else:
+        optimizer = make_optimizer(policy, config)
+        scheduler = make_scheduler(optimizer, config, total_steps)
+        has_optimizer = (Path(checkpoint_in) / "optimizer.safetensors").is_file()
+        state = (load_checkpoint_state(checkpoint_in, optimizer=optimizer if has_optimizer else None,
+                                       scheduler=scheduler if has_optimizer else None, restore_rng_state=False)
+                 if has_optimizer else read_training_state(checkpoint_in))
     scorer, optimizer = accelerator.prepare(CompletionLogProbs(policy), optimizer)
     updater = ReferenceUpdater(mode=config.ref_mode, decay=config.ema_decay, every=config.ema_every)
 
@@ -230,14 +236,14 @@ def optimise(*, checkpoint_in: str | Path, checkpoint_out: str | Path, rows: lis
         policy_module.eval()
         new_state = TrainingState(step=step, iteration=iteration + 1, data_cursor=dict(data_cursor or {}),
                                   extra={"ema_updates": ema_updates, "skipped_steps": skipped})
+        inner_optimizer = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
         out_path = str(save_checkpoint(checkpoint_out, policy=policy_module, reference=reference, processor=processor,
-                                       optimizer=optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-                                       scheduler=scheduler, state=new_state,
+                                       optimizer=inner_optimizer, scheduler=scheduler, state=new_state,
                                        # no EMA update in this stage: the reference is checkpoint_in's, bit for bit
                                        reference_from=checkpoint_in if ema_updates == ema_updates_in else None))
         if world == 1 and not config.gradient_checkpointing:  # the next rollout / scoring stage starts warm
             warm.put(out_path, policy_and_processor=(policy_module, processor), reference_model=reference,
-                     device=accelerator.device)
+                     trainer=(inner_optimizer, scheduler, signature), device=accelerator.device)
     accelerator.wait_for_everyone()
     return {"steps": history, "checkpoint": out_path or str(checkpoint_out), "step": step,
             "seconds": time.perf_counter() - started}

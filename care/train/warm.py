@@ -29,7 +29,7 @@ from care.train.policy_io import checkpoint_id, default_device, load_policy, loa
 
 _LOCK = threading.Lock()
 _CACHE: OrderedDict[tuple, Any] = OrderedDict()
-CAPACITY = 2  # checkpoints (each: policy, processor, reference)
+CAPACITY = 2  # checkpoints (each: policy, processor, reference, optimizer and scheduler)
 
 
 def enabled() -> bool:
@@ -91,9 +91,13 @@ def processor(checkpoint: str | Path):
                 lambda: load_processor(policy_path(checkpoint)), take=False)
 
 
-def put(checkpoint: str | Path, *, policy_and_processor=None, reference_model=None,
+def put(checkpoint: str | Path, *, policy_and_processor=None, reference_model=None, trainer=None,
         device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
-    """Hand over models that hold exactly the weights just written to ``checkpoint`` (eval mode)."""
+    """Hand over models that hold exactly the weights just written to ``checkpoint`` (eval mode).
+
+    ``trainer``: (optimizer, scheduler, signature) whose state was just written to ``checkpoint`` too, bound to
+    the policy handed over with it; ``take_trainer`` gives it back only to a caller holding that same policy.
+    """
     if not enabled():
         return
     with _LOCK:
@@ -103,7 +107,28 @@ def put(checkpoint: str | Path, *, policy_and_processor=None, reference_model=No
         if reference_model is not None and (k := _key(checkpoint, "reference", device, dtype)):
             reference_model.eval().requires_grad_(False)
             _CACHE[k] = reference_model
+        if trainer is not None and (k := _key(checkpoint, "trainer", device, dtype)):
+            _CACHE[k] = trainer
         _evict()
+
+
+def take_trainer(checkpoint: str | Path, policy: torch.nn.Module, signature: Any, *,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None):
+    """(optimizer, scheduler) handed over under ``checkpoint`` for exactly these ``policy`` parameter objects and
+    ``signature`` (the optimiser settings), taken out of the cache; None when there is none (then restore the
+    state from the checkpoint files)."""
+    key = _key(checkpoint, "trainer", device, dtype)
+    if key is None or not enabled():
+        return None
+    with _LOCK:
+        held = _CACHE.pop(key, None)
+    if held is None:
+        return None
+    optimizer, scheduler, held_signature = held
+    bound = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    if held_signature != signature or bound != [id(p) for p in policy.parameters() if p.requires_grad]:
+        return None
+    return optimizer, scheduler
 
 
 def clear() -> None:
