@@ -39,9 +39,10 @@ class DecodedEntries:
 
     The rollout, scoring and optimisation stages of one RL iteration read the same prompts' frames in turn; this
     serves the second and third reads from memory. Keyed by the entry file's (path, inode, size, mtime): entries
-    are immutable and replaced only by renaming a new file into place, so a key never names changed bytes. The
-    arrays are shared between readers and therefore read-only. ``CARE_FRAME_MEMORY_MB`` bounds the memory
-    (default 256; 0 turns it off).
+    are immutable and replaced only by renaming a new file into place, so a key never names changed bytes. Every
+    reader gets its own copy of the arrays (a memory copy costs far less than reading and verifying the entry),
+    so no reader can change what another one sees. ``CARE_FRAME_MEMORY_MB`` bounds the memory (default 256;
+    0 turns it off).
     """
 
     def __init__(self):
@@ -62,16 +63,13 @@ class DecodedEntries:
         with self._lock:
             cache = self._cache()
             hit = cache.get(key) if cache is not None else None
-        if hit is not None:
-            return hit
-        table, meta = read_entry(entry)
-        frames, timestamps = decode_frames(table), table.column("timestamp").to_numpy()
-        frames.flags.writeable = timestamps.flags.writeable = False
-        value = (frames, timestamps, float(meta.get("sample_fps", 0.0)))
-        with self._lock:
-            if cache is not None and value[0].nbytes + value[1].nbytes < cache.maxsize:
-                cache[key] = value
-        return value
+        if hit is None:
+            table, meta = read_entry(entry)
+            hit = (decode_frames(table), table.column("timestamp").to_numpy(), float(meta.get("sample_fps", 0.0)))
+            with self._lock:
+                if cache is not None and hit[0].nbytes + hit[1].nbytes < cache.maxsize:
+                    cache[key] = hit
+        return hit[0].copy(), hit[1].copy(), hit[2]
 
     def clear(self) -> None:
         with self._lock:
@@ -201,8 +199,7 @@ class FrameCache:
 
     # -- reading ---------------------------------------------------------------------------------------------
     def load_media(self, path: str | os.PathLike, kind: str) -> tuple[np.ndarray, np.ndarray, float]:
-        """Frames ``(T, H, W, 3)``, timestamps ``(T,)`` and sampled fps of one cached media file (read-only arrays,
-        possibly shared with other readers: see ``DecodedEntries``)."""
+        """Frames ``(T, H, W, 3)``, timestamps ``(T,)`` and sampled fps of one cached media file."""
         path = Path(path)
         if not path.is_file():
             raise CacheMissError(f"{path}: media file not found; the frame cache is keyed by file content")
