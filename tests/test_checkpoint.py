@@ -202,3 +202,25 @@ def test_altered_source_reference_is_not_linked(tmp_path):
     loaded = Qwen2ForCausalLM.from_pretrained(linked / "reference")
     for k, v in reference.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_unchanged_processor_is_linked_and_equals_a_fresh_save(tmp_path, tiny_model_dir):
+    from care.models.loading import load_model, load_processor
+
+    model, processor = load_model(tiny_model_dir), load_processor(tiny_model_dir)
+    first = save_checkpoint(tmp_path / "a", policy=model, processor=processor)
+    fresh = save_checkpoint(tmp_path / "fresh", policy=model, processor=processor)
+    linked = save_checkpoint(tmp_path / "b", policy=model, processor=processor, processor_from=first)
+    assert is_complete(linked) and _files(linked) == _files(fresh)  # same files, same bytes
+    processor_files = [n for n in _files(linked) if n.startswith("policy/") and "safetensors" not in n
+                       and n not in ("policy/config.json", "policy/generation_config.json")]
+    assert len(processor_files) >= 3  # tokenizer, its config, the image / video processor configs
+    for name in processor_files:
+        assert (linked / name).stat().st_ino == (first / name).stat().st_ino, name
+    for name in ("policy/model.safetensors", "policy/config.json"):
+        assert (linked / name).stat().st_ino != (first / name).stat().st_ino, name  # written by the model save
+    # an altered source file is not carried over: the processor is written from the object instead
+    victim = first / "policy" / "tokenizer_config.json"
+    victim.write_text(victim.read_text().replace("{", "{ ", 1))
+    again = save_checkpoint(tmp_path / "c", policy=model, processor=processor, processor_from=first)
+    assert is_complete(again) and _files(again) == _files(fresh)

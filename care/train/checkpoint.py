@@ -3,8 +3,10 @@
 Layout of one checkpoint folder (``<run>/checkpoints/<name>/``)::
 
     policy/              save_pretrained (safetensors) + the processor, so the folder is a loadable model path
-    reference/           save_pretrained of the EMA / frozen reference (absent when there is none); hard links
-                         to the previous checkpoint's files when it did not change (``reference_from``)
+    reference/           save_pretrained of the EMA / frozen reference (absent when there is none)
+
+Unchanged parts (the processor during RL, the reference between EMA updates) are hard links to the files of the
+checkpoint they come from (``processor_from`` / ``reference_from``), checked against its manifest.
     optimizer.safetensors + optimizer.json     AdamW moments (tensors) and param groups (JSON)
     scheduler.json       learning-rate scheduler state
     rng.safetensors + rng.json                 torch CPU/CUDA RNG states, Python and NumPy RNG states
@@ -147,23 +149,38 @@ def write_manifest(folder: Path, entries: dict[str, dict[str, Any]] | None = Non
     _write_json(folder / MANIFEST, {"format_version": FORMAT_VERSION, "files": entries})
 
 
-def _link_subfolder(source: Path, rel: str, dest: Path) -> dict[str, dict[str, Any]]:
-    """Hard-link (copy where the filesystem cannot link) ``source/rel/**`` into ``dest/rel``.
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".index.json")
+MODEL_FILE_NAMES = ("config.json", "generation_config.json")
 
-    Returns the source manifest's entries of those files, against which the caller checks what it linked.
-    """
+
+def _is_model_file(name: str) -> bool:
+    """A file ``save_pretrained`` of a model writes (weights, shard index, configs), not one of the processor."""
+    base = name.rsplit("/", 1)[-1]
+    return base in MODEL_FILE_NAMES or base.endswith(MODEL_FILE_SUFFIXES)
+
+
+def _unchanged_part(source: Path, part: str) -> dict[str, dict[str, Any]]:
+    """The source manifest's entries of one part: ``reference`` (all of reference/) or ``processor`` (the files
+    of policy/ that the model's own save does not write)."""
     listed = json.loads((source / MANIFEST).read_text())["files"]
-    mine = {k: v for k, v in listed.items() if k.startswith(rel + "/")}
-    if not mine:
-        raise CheckpointError(f"{source}: its {MANIFEST} lists no {rel}/ files")
-    for name in mine:
+    if part == "reference":
+        return {k: v for k, v in listed.items() if k.startswith("reference/")}
+    return {k: v for k, v in listed.items() if k.startswith("policy/") and not _is_model_file(k)}
+
+
+def _link_files(source: Path, names: dict[str, dict[str, Any]], dest: Path) -> set[str]:
+    """Hard-link ``source/name`` to ``dest/name`` for each name (copy where the filesystem cannot link);
+    returns the names that were hard-linked (already durable: they need no fsync)."""
+    linked = set()
+    for name in names:
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(source / name, target)
+            linked.add(name)
         except OSError:
             shutil.copy2(source / name, target)
-    return mine
+    return linked
 
 
 def verify_manifest(folder: Path) -> None:
@@ -189,9 +206,9 @@ def _write_json(path: Path, payload: Any) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True))
 
 
-def _fsync_tree(folder: Path) -> None:
+def _fsync_tree(folder: Path, skip: set[str] = frozenset()) -> None:
     for p in folder.rglob("*"):
-        if p.is_file():
+        if p.is_file() and str(p.relative_to(folder)) not in skip:
             with p.open("rb") as fh:
                 os.fsync(fh.fileno())
 
@@ -206,14 +223,17 @@ def save_checkpoint(
     scheduler: Any | None = None,
     state: TrainingState | None = None,
     reference_from: str | Path | None = None,
+    processor_from: str | Path | None = None,
 ) -> Path:
     """Write a complete checkpoint to ``folder`` atomically and return its path.
 
     An existing complete checkpoint at ``folder`` is replaced only after the new one is fully written.
-    ``reference_from``: a complete checkpoint whose ``reference/`` holds exactly ``reference`` (the EMA did not
-    move since). Its files are hard-linked instead of serialising the model again (an RL iteration without an
-    EMA update then writes one model, not two); each linked file must match that checkpoint's manifest, else
-    ``reference`` is written as usual.
+
+    Parts that did not change since an earlier complete checkpoint are hard-linked from it instead of being
+    serialised again (an RL iteration without an EMA update then writes one model, not two, and no tokenizer):
+    ``reference_from`` holds exactly ``reference`` in its ``reference/`` (the EMA did not move since);
+    ``processor_from`` holds exactly ``processor`` beside its policy. Each linked file must match that
+    checkpoint's manifest, else the part is written from the object as usual.
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -221,15 +241,24 @@ def save_checkpoint(
     tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        linked: dict[str, dict[str, Any]] = {}
-        if reference is not None and reference_from is not None and (Path(reference_from) / "reference").is_dir():
-            linked = _link_subfolder(Path(reference_from), "reference", tmp)
+        reused: dict[str, tuple[Path, dict[str, dict[str, Any]]]] = {}  # part -> (source, its manifest entries)
+        for part, obj, source in (("reference", reference, reference_from), ("processor", processor, processor_from)):
+            if obj is not None and source is not None and (entries := _unchanged_part(Path(source), part)):
+                reused[part] = (Path(source), entries)
         with hf_progress_bars(False):  # one bar per checkpoint is log noise; the stages report progress
             policy.save_pretrained(tmp / "policy", safe_serialization=True)
-            if processor is not None:
+            if processor is not None and "processor" not in reused:
                 processor.save_pretrained(tmp / "policy")
-            if reference is not None and not linked:
+            if reference is not None and "reference" not in reused:
                 reference.save_pretrained(tmp / "reference", safe_serialization=True)
+        hard_linked: set[str] = set()
+        for part, (source, entries) in list(reused.items()):
+            if any((tmp / name).exists() for name in entries):  # the model's save wrote it: not a processor file
+                del reused[part]
+                with hf_progress_bars(False):
+                    processor.save_pretrained(tmp / "policy")
+                continue
+            hard_linked |= _link_files(source, entries, tmp)
         if optimizer is not None:
             tensors, meta = _optimizer_to_files(optimizer)
             save_file(tensors, tmp / "optimizer.safetensors")
@@ -242,13 +271,19 @@ def save_checkpoint(
         st = state or TrainingState()
         _write_json(tmp / "state.json", {"format_version": FORMAT_VERSION, **st.__dict__})
         entries = manifest_entries(tmp)
-        if any(entries.get(name) != info for name, info in linked.items()):  # source altered since it was written
-            shutil.rmtree(tmp / "reference")
-            with hf_progress_bars(False):
-                reference.save_pretrained(tmp / "reference", safe_serialization=True)
-            entries = manifest_entries(tmp)
+        for part, (_, expected) in reused.items():
+            if any(entries.get(name) != info for name, info in expected.items()):  # source altered since written
+                for name in expected:
+                    (tmp / name).unlink()
+                    hard_linked.discard(name)
+                with hf_progress_bars(False):
+                    if part == "reference":
+                        reference.save_pretrained(tmp / "reference", safe_serialization=True)
+                    else:
+                        processor.save_pretrained(tmp / "policy")
+                entries = manifest_entries(tmp)
         write_manifest(tmp, entries)
-        _fsync_tree(tmp)
+        _fsync_tree(tmp, skip=hard_linked)
         failpoint("checkpoint-write", st.iteration)
         if folder.exists():
             trash = folder.parent / f".trash-{folder.name}-{uuid.uuid4().hex[:8]}"

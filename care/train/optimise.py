@@ -240,7 +240,8 @@ def optimise(*, checkpoint_in: str | Path, checkpoint_out: str | Path, rows: lis
         out_path = str(save_checkpoint(checkpoint_out, policy=policy_module, reference=reference, processor=processor,
                                        optimizer=inner_optimizer, scheduler=scheduler, state=new_state,
                                        # no EMA update in this stage: the reference is checkpoint_in's, bit for bit
-                                       reference_from=checkpoint_in if ema_updates == ema_updates_in else None))
+                                       reference_from=checkpoint_in if ema_updates == ema_updates_in else None,
+                                       processor_from=checkpoint_in))  # the processor never changes in RL
         if world == 1 and not config.gradient_checkpointing:  # the next rollout / scoring stage starts warm
             warm.put(out_path, policy_and_processor=(policy_module, processor), reference_model=reference,
                      trainer=(inner_optimizer, scheduler, signature), device=accelerator.device)
