@@ -110,14 +110,26 @@ def _summary(meter: PhaseMeter, warmup: int, samples: int, tokens: int) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------- setup
-def prepare(workdir: Path, *, max_new: int, nframes: int = 4) -> dict:
+IMAGE_PIXELS = 56 * 56  # the frame cache's default largest image size
+
+
+def _sampling(nframes: int, image_pixels: int):
+    """Frame sampling of the benchmark's cache: ``image_pixels`` other than the default fixes the image size
+    (resized up or down to about that many pixels), which sets the prompt length."""
+    from care.media.sampling import FrameSampling
+
+    if image_pixels == IMAGE_PIXELS:
+        return FrameSampling(nframes=nframes)
+    return FrameSampling(nframes=nframes, image_min_pixels=image_pixels, image_max_pixels=image_pixels)
+
+
+def prepare(workdir: Path, *, max_new: int, nframes: int = 4, image_pixels: int = IMAGE_PIXELS) -> dict:
     """Demo set, tiny model (generating exactly ``max_new`` tokens), frame cache; built once per workdir."""
-    marker = workdir / f"ready-{max_new}-{nframes}.json"
+    marker = workdir / f"ready-{max_new}-{nframes}-{image_pixels}.json"
     if marker.is_file():
         return json.loads(marker.read_text())
     from care.data.demo import benchmark_corpus, demo_corpus, make_demo_benchmark
     from care.media.frame_cache import FrameCache
-    from care.media.sampling import FrameSampling
     from care.models.tiny import make_tiny_model
     from care.train.checkpoint import make_initial_checkpoint
 
@@ -129,17 +141,22 @@ def prepare(workdir: Path, *, max_new: int, nframes: int = 4) -> dict:
         make_tiny_model(model, corpus=benchmark_corpus(demo) + demo_corpus(), seed=0)
     gen_cfg = json.loads((model / "generation_config.json").read_text())
     gen_cfg["min_new_tokens"] = max_new  # equal completion lengths on both sides: EOS cannot end one early
-    folder = workdir / f"tiny-len{max_new}"
+    tag = f"len{max_new}" + ("" if image_pixels == IMAGE_PIXELS else f"-px{image_pixels}")
+    folder = workdir / f"tiny-{tag}"
     if not folder.is_dir():
         import shutil
 
         shutil.copytree(model, folder)
     (folder / "generation_config.json").write_text(json.dumps(gen_cfg, indent=2))
-    ck0 = workdir / f"ck0-len{max_new}"
+    if image_pixels != IMAGE_PIXELS:  # the processor's own cap would shrink the images back: raise it
+        proc_cfg = json.loads((folder / "processor_config.json").read_text())
+        proc_cfg["image_processor"]["size"]["longest_edge"] = image_pixels
+        (folder / "processor_config.json").write_text(json.dumps(proc_cfg, indent=2))
+    ck0 = workdir / f"ck0-{tag}"
     if not ck0.is_dir():
         make_initial_checkpoint(folder, ck0)
-    sampling = FrameSampling(nframes=nframes)
-    cache_root = workdir / f"cache-{nframes}"
+    sampling = _sampling(nframes, image_pixels)
+    cache_root = workdir / f"cache-{nframes}-{image_pixels}"
     cache = FrameCache(cache_root, sampling, demo)
     from care.data.annotations import load_annotations
 
@@ -147,7 +164,8 @@ def prepare(workdir: Path, *, max_new: int, nframes: int = 4) -> dict:
         if s.video and not cache.contains(s):
             cache.put(demo / s.video, "video")
         cache.put(demo / s.image, "image")
-    info = {"demo": str(demo), "model": str(folder), "ck0": str(ck0), "cache": str(cache_root), "nframes": nframes}
+    info = {"demo": str(demo), "model": str(folder), "ck0": str(ck0), "cache": str(cache_root), "nframes": nframes,
+            "image_pixels": image_pixels}
     marker.write_text(json.dumps(info))
     return info
 
@@ -155,10 +173,10 @@ def prepare(workdir: Path, *, max_new: int, nframes: int = 4) -> dict:
 def load_samples(info: dict, n: int, *, video: bool):
     """The first ``n`` demo training samples; image-only unless ``video`` (then only samples with a video)."""
     from care.media.frame_cache import FrameCache
-    from care.media.sampling import FrameSampling
     from care.train.samples import load_sample_set
 
-    cache = FrameCache(info["cache"], FrameSampling(nframes=info.get("nframes", 4)), info["demo"])
+    cache = FrameCache(info["cache"], _sampling(info.get("nframes", 4), info.get("image_pixels", IMAGE_PIXELS)),
+                       info["demo"])
     samples = load_sample_set(info["demo"], "training_6k.jsonl", cache, shuffle_options=False).samples
     if video:
         picked = [s for s in samples if s.video][:n]
@@ -246,6 +264,7 @@ def run_ours(info: dict, a: argparse.Namespace, meter: PhaseMeter, *, video: boo
         ck = Path(res["checkpoint"])
         tokens = [len(r["completion_ids"]) for r in rows]
         meter.add("tokens", float(sum(tokens)))
+        meter.add("prompt_tokens", statistics.mean(r["prompt_tokens"] for r in rows))
 
 
 # ------------------------------------------------------------------------------------------------------ TRL
@@ -350,6 +369,8 @@ def worker(a: argparse.Namespace) -> None:
     tokens = statistics.median(meter.seconds["tokens"][a.warmup:])
     result = _summary(meter, a.warmup, a.G * a.prompts, int(tokens))
     result["completion_tokens_per_step"] = tokens
+    if "prompt_tokens" in meter.seconds:  # ours records the encoded prompt length of its rollouts
+        result["prompt_tokens_per_rollout"] = statistics.median(meter.seconds["prompt_tokens"])
     result["process_peak_rss_mib"] = max(meter.peak.values()) / 2**20
     Path(a.out).write_text(json.dumps(result))
 
@@ -428,8 +449,12 @@ def main() -> None:
     ap.add_argument("--max-new", type=int, default=32, help="completion length (forced equal)")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per run")
     ap.add_argument("--warmup", type=int, default=1, help="untimed first steps per run")
-    ap.add_argument("--reps", type=int, default=3, help="A/B repetitions (order swapped each time)")
+    ap.add_argument("--reps", type=int, default=5, help="A/B repetitions (order swapped each time)")
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--image-pixels", type=int, default=IMAGE_PIXELS,
+                    help="pixel count the prompt image is resized to (more pixels: longer prompts; default: the "
+                         "frame cache's default size)")
+    ap.add_argument("--name", default="rl_step_vs_trl", help="results file: benchmarks/results/<name>.json")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     ap.add_argument("--timeout", type=int, default=600)
     ap.add_argument("--workdir", default=None, help="reuse a prepared folder (default: a temp folder)")
@@ -445,9 +470,10 @@ def main() -> None:
         return
     workdir = Path(a.workdir or tempfile.mkdtemp(prefix="care-rlbench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    info_path = workdir / f"info-{a.max_new}.json"
-    info_path.write_text(json.dumps(prepare(workdir, max_new=a.max_new)))
-    settings = {k: getattr(a, k) for k in ("G", "prompts", "max_new", "steps", "warmup", "reps", "lr", "threads")}
+    info_path = workdir / f"info-{a.max_new}-{a.image_pixels}.json"
+    info_path.write_text(json.dumps(prepare(workdir, max_new=a.max_new, image_pixels=a.image_pixels)))
+    settings = {k: getattr(a, k) for k in ("G", "prompts", "max_new", "steps", "warmup", "reps", "lr", "threads",
+                                           "image_pixels")}
     report: dict = {"settings": settings, "machine": machine(), "versions": versions()}
     if not a.video_only:
         ours, trl = [], []
@@ -461,6 +487,8 @@ def main() -> None:
         print_table(table, "ours", "trl", f"ours vs TRL GRPOTrainer, medians of {a.reps} runs x {a.steps} steps "
                     f"(G={a.G}, P={a.prompts}, {a.max_new} tokens per completion, image prompts)")
         report["ours_vs_trl"] = table
+        report["prompt_tokens_per_rollout"] = statistics.median(r["prompt_tokens_per_rollout"] for r in ours)
+        print(f"prompt tokens per rollout: {report['prompt_tokens_per_rollout']:.0f}")
         report["runs"] = {"ours": ours, "trl": trl}
     if not a.skip_video:
         cached, decoded = [], []
@@ -473,7 +501,7 @@ def main() -> None:
         report["video_cache_vs_decode"] = table
     if a.json:
         RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / "rl_step_vs_trl.json"
+        path = RESULTS / f"{a.name}.json"
         if a.video_only and path.is_file():
             report = {**json.loads(path.read_text()), "video_cache_vs_decode": report["video_cache_vs_decode"]}
         path.write_text(json.dumps(report, indent=2))

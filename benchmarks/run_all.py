@@ -23,14 +23,21 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 
-def benchmarks(workdir: Path) -> dict[str, tuple[list[str], bool]]:
-    """name -> (arguments, whether the script writes its own JSON) for every benchmark script."""
+LONG_PROMPT_PIXELS = 448 * 448  # 256 visual tokens per prompt image
+
+
+def benchmarks(workdir: Path) -> dict[str, tuple[str, list[str], bool]]:
+    """name -> (script, arguments, whether the script writes its own JSON) for every benchmark."""
     shared = ["--workdir", str(workdir)]
     return {
-        "frame_cache": (["--json"], False),
-        "reference_scoring": (["--json"], False),
-        "rl_step_vs_trl": (["--json", *shared], True),
-        "scale_curve": (["--json", *shared], True),
+        "frame_cache": ("frame_cache", ["--json"], False),
+        "reference_scoring": ("reference_scoring", ["--json"], False),
+        "rl_step_vs_trl": ("rl_step_vs_trl", ["--json", *shared], True),
+        # the shape of the target workload: prompts much longer than completions, G = 8
+        "rl_step_vs_trl_long_prompts": ("rl_step_vs_trl", [
+            "--json", "--name", "rl_step_vs_trl_long_prompts", "--image-pixels", str(LONG_PROMPT_PIXELS),
+            "--G", "8", "--prompts", "2", "--skip-video", *shared], True),
+        "scale_curve": ("scale_curve", ["--json", *shared], True),
     }
 
 
@@ -41,12 +48,12 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="care-bench-all-"))  # demo set and tiny model, shared by the RL ones
     failed, started = [], time.perf_counter()
-    for name, (args, writes_own) in benchmarks(workdir).items():
+    for name, (script, args, writes_own) in benchmarks(workdir).items():
         if a.only and name not in a.only:
             continue
         t0 = time.perf_counter()
         print(f"== {name}", flush=True)
-        proc = subprocess.run([sys.executable, str(HERE / f"{name}.py"), *args], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, str(HERE / f"{script}.py"), *args], capture_output=True, text=True)
         if proc.returncode != 0:
             failed.append(name)
             print(f"{name} FAILED (exit {proc.returncode}):\n{proc.stderr[-2000:]}", flush=True)
