@@ -36,8 +36,8 @@ class RolloutConfig(StageConfig):
     behaviour_logprobs: Literal["auto", "sampler", "forward"] = Field(
         "auto", description="Where the hf backend's behaviour log-probs come from: 'sampler' records them while "
         "sampling (no extra pass; equal to a forward pass up to float rounding of the KV-cache), 'forward' runs one "
-        "more forward pass with the update's own function (bit-identical to the update's first log-probs, which "
-        "PPO ratios over several steps want, above all in bf16). auto = forward when optim.steps_per_generation > 1, "
+        "more forward pass with the update's own function (the same computation as the update's first log-probs, "
+        "which PPO ratios over several steps want, above all in bf16). auto = forward when optim.steps_per_generation > 1, "
         "else sampler (the update does not read them then).")
     vllm_python: str | None = Field(None, description="Python of the separate vLLM environment (backend=vllm).")
     vllm_tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor-parallel size (backend=vllm).")
