@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 EXTRAS ?= dev
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -43,8 +44,12 @@ test-faults: $(STAMP)
 test-deploy: $(STAMP)
 	$(BIN)/python -m pytest -q -m deploy --timeout 900
 
-bench:
-	$(MAKE) EXTRAS=dev,bench,dask install
+# the bench extra (trl, datasets, py-spy) on top of the environment make run / make test built, or a new one
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench,dask]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:

@@ -468,6 +468,12 @@ def main() -> None:
     if a.worker:
         worker(a)
         return
+    import importlib.util
+
+    missing = [m for m in ("trl", "datasets", "psutil") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SystemExit(f"missing {', '.join(missing)}: install the bench extra (`make bench` does, or "
+                         "`.venv/bin/pip install -e '.[bench]'`)")
     workdir = Path(a.workdir or tempfile.mkdtemp(prefix="care-rlbench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     info_path = workdir / f"info-{a.max_new}-{a.image_pixels}.json"
