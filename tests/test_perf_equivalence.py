@@ -22,7 +22,12 @@ from safetensors.torch import load_file
 from care.algo.likelihood import token_log_probs
 from care.models.generation import Decoding, sample_completions
 from care.models.inputs import encode_prompt_completions, encode_prompts, model_inputs
-from care.models.loading import load_model, load_processor, suppressed_token_ids
+from care.models.loading import (
+    enable_activation_checkpointing,
+    load_model,
+    load_processor,
+    suppressed_token_ids,
+)
 from care.store.rollout_log import read_rows
 from care.train import warm
 from care.train.checkpoint import make_initial_checkpoint
@@ -293,11 +298,11 @@ def test_shared_prompt_pass_runs_the_prompt_once_per_distinct_prompt(setup):
 def test_shared_prompts_fall_back_to_the_single_pass_where_they_cannot_apply(setup):
     batch = _shared_prompt_batch(setup, video=True)
     model = load_model(setup["model"])
-    model.gradient_checkpointing_enable()
+    enable_activation_checkpointing(model)
     model.train()
     assert not batch["shared_prompts"].applies(model.model, model_inputs(batch))
     logp, _, _ = _log_probs_and_grads(model, batch, shared=True)
-    model.gradient_checkpointing_disable()
+    model.activation_checkpointing_disable()
     reference, _, _ = _log_probs_and_grads(model, batch, shared=False)
     torch.testing.assert_close(logp, reference, rtol=0, atol=1e-6)
     # distinct prompts only: nothing to share

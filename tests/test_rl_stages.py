@@ -90,6 +90,20 @@ def test_policy_moves_and_ema_reference_moves_exactly(batch):
     assert not _same_file(ck, batch["ck0"], "reference/model.safetensors")  # moved: written anew
 
 
+def test_activation_checkpointing_gives_the_same_update(batch):
+    """The memory knob recomputes activations (and scores without the shared prompt pass): same numbers."""
+    # adam_eps 1 makes the step ~ lr * gradient: with the default eps, Adam's first step is lr * sign(gradient),
+    # which turns float-rounding differences of near-zero gradients into full-size steps
+    plain, ck_plain = _optimise(batch, "no-ckpt", adam_eps=1.0)
+    ckpt, ck_ckpt = _optimise(batch, "ckpt", gradient_checkpointing=True, adam_eps=1.0)
+    assert ckpt["steps"][0]["loss"] == pytest.approx(plain["steps"][0]["loss"], rel=1e-5, abs=1e-7)
+    assert ckpt["steps"][0]["grad_norm"] == pytest.approx(plain["steps"][0]["grad_norm"], rel=1e-4)
+    before, a, b = _weights(batch["ck0"]), _weights(ck_plain), _weights(ck_ckpt)
+    assert max(float((a[k] - before[k]).abs().max()) for k in a) > 1e-4  # the step moved the weights
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
 def _same_file(a: Path, b: Path, rel: str) -> bool:
     return (Path(a) / rel).stat().st_ino == (Path(b) / rel).stat().st_ino
 

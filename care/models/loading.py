@@ -71,6 +71,12 @@ def hf_progress_bars(enabled: bool) -> Iterator[None]:
         (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
 
 
+def enable_activation_checkpointing(model) -> None:
+    """Recompute activations in the backward pass instead of keeping them (transformers 5 renamed
+    ``gradient_checkpointing_enable`` to this and deprecated the old name)."""
+    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+
+
 def load_model(path: str | Path, *, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu"):
     """``AutoModelForImageTextToText.from_pretrained(path)`` in eval mode on ``device``.
 

@@ -35,6 +35,7 @@ from care.data.schema import Sample
 from care.failpoints import failpoint
 from care.media.frame_cache import FrameCache
 from care.models.inputs import encode_prompt_completions, model_inputs
+from care.models.loading import enable_activation_checkpointing
 from care.store.rollout_log import read_rows
 from care.train import warm
 from care.train.checkpoint import TrainingState, load_checkpoint_state, read_training_state, save_checkpoint
@@ -167,7 +168,7 @@ def optimise(*, checkpoint_in: str | Path, checkpoint_out: str | Path, rows: lis
     policy, processor = warm.policy(checkpoint_in, device=accelerator.device, take=True)
     reference = warm.reference(checkpoint_in, device=accelerator.device, take=True)
     if config.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
+        enable_activation_checkpointing(policy)
         policy.config.use_cache = False
     policy.train()
     signature = (config.model_dump_json(), total_steps)

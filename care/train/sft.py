@@ -36,7 +36,7 @@ from care.failpoints import failpoint
 from care.media.frame_cache import FrameCache
 from care.models.generation import Decoding, sample_completions
 from care.models.inputs import PromptItem, encode_prompt_completions, encode_prompts, model_inputs
-from care.models.loading import suppressed_token_ids
+from care.models.loading import enable_activation_checkpointing, suppressed_token_ids
 from care.train.checkpoint import (
     TrainingState,
     latest_complete,
@@ -221,7 +221,7 @@ def _load_start(config: SFTConfig, ckpt_dir: Path, device: torch.device):
     model = load_model(source, dtype=None, device=device)
     processor = load_processor(source)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        enable_activation_checkpointing(model)
         model.config.use_cache = False
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
