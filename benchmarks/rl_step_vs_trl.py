@@ -216,7 +216,8 @@ def run_ours(info: dict, a: argparse.Namespace, meter: PhaseMeter, *, video: boo
 
     import care.train.rollout as rollout_mod
     from care.train.config import OptimConfig, RolloutConfig, SamplingParams, ScoringConfig
-    from care.train.optimise import load_scored_batch, optimise
+    from care.train.optimise import load_scored_batch
+    from care.train.optimise_stage import optimise
     from care.train.rollout import run_rollout_stage
     from care.train.scoring import run_scoring_stage
 

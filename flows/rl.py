@@ -1,8 +1,11 @@
 """The ``rl`` flow: GRPO / GRPO-CARE iterations of rollouts -> scoring -> optimisation.
 
-Composition only. Resume: the run id derives from the config (or ``run_name``); the flow continues after the
-newest complete iteration checkpoint of the run, and inside an interrupted iteration the finished stages are
-Prefect cache hits, so a killed run re-does at most the stage it was killed in.
+Composition only. The state after each iteration is passed on as a ``PolicyState`` (its id, not its weights:
+those stay resident in this process) and written as a checkpoint every ``checkpoint_every`` iterations.
+Resume: the run id derives from the config (or ``run_name``); the flow restarts at the newest complete
+checkpoint and walks the iterations after it, where every finished stage is a Prefect cache hit (no sampling,
+no scoring); the first stage that needs the weights rebuilds them by replaying the logged updates
+(``care.train.replay``), so a killed run re-does at most the stage it was killed in plus those updates.
 """
 
 from __future__ import annotations
@@ -12,14 +15,16 @@ import time
 from prefect import flow
 
 from care.store import runs
-from care.train.checkpoint import iteration_checkpoint_name, latest_complete, prune_checkpoints
+from care.train.checkpoint import iteration_checkpoint_name, latest_complete
 from care.train.config import RLConfig
 from care.train.data_order import batch_ids, cursor_after
 from care.train.samples import DataSpec
+from care.train.state import PolicyState, ReplaySpec, of_checkpoint
 from care.workspace import Workspace
 from flows.evaluate import evaluate
 from tasks.common import checkpoint_ready, file_ready, run_stage
 from tasks.rl import (
+    catalog_checkpoints,
     generated_path,
     initial_checkpoint,
     list_samples,
@@ -50,40 +55,50 @@ def rl(config: RLConfig, home: str | None = None) -> dict:
     runs.start_run(run_id, kind="rl", config=config.model_dump(mode="json"), path=catalog_file)
     try:
         ckpt_dir = ws.run_dir(run_id) / "checkpoints"
+        ro, s = config.rollout, config.rollout.sampling
+        spec = ReplaySpec(data=data, config=config.optim, total_steps=config.total_optimizer_steps,
+                          temperature=s.temperature, max_new_tokens=s.max_new_tokens)
         found = latest_complete(ckpt_dir)
-        start, ckpt = (found[0], str(found[1])) if found else (
-            0, initial_checkpoint(config.model, str(ckpt_dir / iteration_checkpoint_name(0))))
+        ckpt = str(found[1]) if found else initial_checkpoint(config.model, str(ckpt_dir / iteration_checkpoint_name(0)))
+        state = of_checkpoint(ckpt, rollouts_root=rollouts_root, run_id=run_id, replay=spec)
+        start = state.iteration
         available = list_samples(data)
         todo = (f"iterations {start + 1}..{config.iterations}" if start < config.iterations
                 else f"already complete ({start} iterations)")
         print(f"run {run_id}: {len(available['sample_ids'])} training samples "
-              f"({available['excluded']} excluded for media, {available['rejected_rows']} rows rejected); {todo}")
-        ro, s = config.rollout, config.rollout.sampling
+              f"({available['excluded']} excluded for media, {available['rejected_rows']} rows rejected); {todo}; "
+              f"a checkpoint every {config.checkpoint_every} iterations")
         for it in range(start, config.iterations):
             t0 = time.perf_counter()
             ids = batch_ids(available["sample_ids"], batch_size=ro.prompts_per_iteration, index=it, seed=config.seed)
             gen_file = generated_path(rollouts_root, run_id, it)
             gen = run_stage(rollout, run_id=run_id, iteration=it, stage="rollout", output_ready=file_ready(gen_file),
-                            catalog_file=catalog_file, checkpoint=ckpt, sample_ids=ids, data=data, config=ro,
+                            catalog_file=catalog_file, state=state, sample_ids=ids, data=data, config=ro,
                             seed=config.seed, rollouts_root=rollouts_root)
             sc = run_stage(scoring, run_id=run_id, iteration=it, stage="scoring",
                            output_ready=file_ready(gen["path"].replace("generated.parquet", "scored.parquet")),
-                           catalog_file=catalog_file, checkpoint=ckpt, generated_path=gen["path"], data=data,
+                           catalog_file=catalog_file, state=state, generated_path=gen["path"], data=data,
                            config=config.scoring, algo=config.algo)
-            out = str(ckpt_dir / iteration_checkpoint_name(it + 1))
+            due = config.checkpoint_due(it + 1)
+            evaluating = bool(config.eval_every and (it + 1) % config.eval_every == 0)
+            out = str(ckpt_dir / iteration_checkpoint_name(it + 1)) if due else None
             cursor = cursor_after(len(available["sample_ids"]), batch_size=ro.prompts_per_iteration, index=it)
             opt = run_stage(optimise, run_id=run_id, iteration=it, stage="optimise",
-                            output_ready=checkpoint_ready(out),
-                            catalog_file=catalog_file, checkpoint_in=ckpt, checkpoint_out=out,
-                            generated_path=gen["path"], scored_path=sc["path"], data=data, config=config.optim,
-                            total_steps=config.total_optimizer_steps, temperature=s.temperature,
-                            max_new_tokens=s.max_new_tokens, data_cursor=cursor.as_dict())
-            ckpt = opt["checkpoint"]
-            prune_checkpoints(ckpt_dir, config.keep_checkpoints)
+                            output_ready=checkpoint_ready(out) if out else lambda: True,
+                            catalog_file=catalog_file, state=state, generated_path=gen["path"],
+                            scored_path=sc["path"], checkpoint_out=out, data_cursor=cursor.as_dict(),
+                            # the last checkpoint and one about to be evaluated are waited for
+                            background=config.checkpoint_background and it + 1 < config.iterations and not evaluating,
+                            keep_last=config.keep_checkpoints, keep_every=config.keep_every)
+            state = PolicyState.model_validate(opt["state"])
+            if due:
+                ckpt = out
+                catalog_checkpoints(run_id, str(ckpt_dir), catalog_file)
             hits = [name for name, m in (("rollout", gen), ("scoring", sc), ("optimise", opt)) if m["cache_hit"]]
             print(_summary_line(it, config.iterations, sc, opt, time.perf_counter() - t0, hits))
-            if config.eval_every and (it + 1) % config.eval_every == 0:
+            if evaluating:
                 evaluate(config.eval_config(ckpt), home=str(ws.root), show_table=False)
+        catalog_checkpoints(run_id, str(ckpt_dir), catalog_file, wait=True)
         refresh_rollouts_view(rollouts_root, catalog_file)
     except BaseException as exc:
         runs.finish_run(run_id, status="failed", message=f"{type(exc).__name__}: {exc}"[:500], path=catalog_file)

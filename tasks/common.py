@@ -88,4 +88,4 @@ def file_ready(path: str | Path) -> Callable[[], bool]:
 def checkpoint_ready(path: str | Path) -> Callable[[], bool]:
     from care.train.checkpoint import is_complete
 
-    return lambda: is_complete(path)
+    return lambda: is_complete(path, full=False)  # sizes only: loading it verifies every byte

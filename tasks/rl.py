@@ -7,25 +7,20 @@ paths and small JSON manifests; metrics go to the catalog from here.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from prefect import task
 
 from care.store import runs
 from care.store.rollout_log import GENERATED_FILE, iteration_dir
-from care.train.checkpoint import make_initial_checkpoint, read_training_state
-from care.train.config import OptimConfig, RolloutConfig, ScoringConfig
-from care.train.optimise_stage import run_optimisation_stage
-from care.train.policy_io import checkpoint_id
+from care.train.checkpoint import is_complete, make_initial_checkpoint, read_training_state
+from care.train.config import RolloutConfig, ScoringConfig
+from care.train.optimise_stage import run_optimisation_stage, wait_for_checkpoints
 from care.train.rollout import run_rollout_stage
 from care.train.samples import DataSpec
 from care.train.scoring import run_scoring_stage
+from care.train.state import PolicyState, as_state, file_sha
 from tasks.common import JSON_RESULTS, attempts, is_transient, stage_key
-
-
-def _file_sha(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @task(name="initial-checkpoint", retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient)
@@ -35,64 +30,88 @@ def initial_checkpoint(model: str, folder: str) -> str:
 
 
 def _rollout_key(context, p) -> str:
-    return "rollout-" + stage_key(p["run_id"], p["iteration"], checkpoint_id(p["checkpoint"]), p["sample_ids"],
-                                  p["data"], p["config"], p["seed"])
+    return "rollout-" + stage_key(p["run_id"], p["iteration"], _state(p).state_id, p["sample_ids"], p["data"],
+                                  p["config"], p["seed"])
+
+
+def _state(p) -> PolicyState:
+    return as_state(p["state"])
 
 
 @task(name="rollout", cache_key_fn=_rollout_key, retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient,
       **JSON_RESULTS)
-def rollout(run_id: str, iteration: int, checkpoint: str, sample_ids: list[str], data: DataSpec,
+def rollout(run_id: str, iteration: int, state: PolicyState, sample_ids: list[str], data: DataSpec,
             config: RolloutConfig, seed: int, rollouts_root: str) -> dict:
-    """G completions per prompt of this iteration's batch -> ``generated.parquet``."""
+    """G completions per prompt of this iteration's batch, from the policy of ``state`` -> ``generated.parquet``."""
     by_id = data.load().by_id()
-    manifest = run_rollout_stage(run_id=run_id, iteration=iteration, checkpoint=checkpoint,
+    manifest = run_rollout_stage(run_id=run_id, iteration=iteration, checkpoint=state,
                                  samples=[by_id[i] for i in sample_ids], cache=data.cache(), config=config,
                                  seed=seed, out_dir=iteration_dir(Path(rollouts_root), run_id, iteration))
     return {**manifest, "attempts": attempts()}
 
 
 def _scoring_key(context, p) -> str:
-    return "scoring-" + stage_key(p["run_id"], p["iteration"], checkpoint_id(p["checkpoint"]),
-                                  _file_sha(p["generated_path"]), p["data"], p["config"], p["algo"])
+    return "scoring-" + stage_key(p["run_id"], p["iteration"], _state(p).state_id, file_sha(p["generated_path"]),
+                                  p["data"], p["config"], p["algo"])
 
 
 @task(name="scoring", cache_key_fn=_scoring_key, retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient,
       **JSON_RESULTS)
-def scoring(run_id: str, iteration: int, checkpoint: str, generated_path: str, data: DataSpec,
+def scoring(run_id: str, iteration: int, state: PolicyState, generated_path: str, data: DataSpec,
             config: ScoringConfig, algo: str, catalog_file: str) -> dict:
     """Rewards, reference likelihood, consistency bonus and advantages -> ``scored.parquet``; metrics recorded."""
-    manifest = run_scoring_stage(generated_path=generated_path, checkpoint=checkpoint, samples=data.load().by_id(),
+    manifest = run_scoring_stage(generated_path=generated_path, checkpoint=state, samples=data.load().by_id(),
                                  cache=data.cache(), config=config, algo=algo)
-    step = read_training_state(checkpoint).step + 1
+    step = state.step + 1
     runs.record_metrics(run_id, step, {**manifest["metrics"], "scoring_seconds": manifest["seconds"]},
                         stage="scoring", path=catalog_file)
     return {**manifest, "attempts": attempts(), "step": step}
 
 
 def _optimise_key(context, p) -> str:
-    return "optimise-" + stage_key(p["run_id"], p["iteration"], checkpoint_id(p["checkpoint_in"]),
-                                   _file_sha(p["generated_path"]), _file_sha(p["scored_path"]), p["config"],
-                                   p["total_steps"], p["temperature"], p["max_new_tokens"], p["checkpoint_out"])
+    # the checkpoint cadence is not part of the key: the new state is the same whether or not it is written
+    # (the flow re-runs a due iteration whose checkpoint is missing: output_ready)
+    state = _state(p)
+    return "optimise-" + stage_key(p["run_id"], p["iteration"], state.state_id, file_sha(p["generated_path"]),
+                                   file_sha(p["scored_path"]), state.replay.identity() if state.replay else None)
 
 
 @task(name="optimise", cache_key_fn=_optimise_key, retries=1, retry_delay_seconds=2,
       retry_condition_fn=is_transient, **JSON_RESULTS)
-def optimise(run_id: str, iteration: int, checkpoint_in: str, checkpoint_out: str, generated_path: str,
-             scored_path: str, data: DataSpec, config: OptimConfig, total_steps: int, temperature: float,
-             max_new_tokens: int, data_cursor: dict, catalog_file: str) -> dict:
-    """Policy update(s) on the scored batch, EMA on schedule -> the next checkpoint; per-step metrics recorded."""
+def optimise(run_id: str, iteration: int, state: PolicyState, generated_path: str, scored_path: str,
+             checkpoint_out: str | None, data_cursor: dict, background: bool, keep_last: int, keep_every: int,
+             catalog_file: str) -> dict:
+    """Policy update(s) on the scored batch, EMA on schedule -> the next state (resident), written as a checkpoint
+    at ``checkpoint_out`` when given; per-step metrics recorded."""
+    spec = state.replay
     result = run_optimisation_stage(
-        checkpoint_in=checkpoint_in, checkpoint_out=checkpoint_out, generated_path=generated_path,
-        scored_path=scored_path, data=data, config=config, total_steps=total_steps, temperature=temperature,
-        max_new_tokens=max_new_tokens, iteration=iteration, data_cursor=data_cursor,
+        checkpoint_in=state, generated_path=generated_path, scored_path=scored_path, data=spec.data,
+        config=spec.config, total_steps=spec.total_steps, temperature=spec.temperature,
+        max_new_tokens=spec.max_new_tokens, iteration=iteration, checkpoint_out=checkpoint_out,
+        data_cursor=data_cursor, background=background, keep_last=keep_last, keep_every=keep_every,
     )
     for entry in result["steps"]:
         metrics = {k: v for k, v in entry.items() if k != "step"}
         runs.record_metrics(run_id, entry["step"], metrics, stage="optimise", path=catalog_file)
-    runs.record_checkpoint(run_id, Path(checkpoint_out).name, checkpoint_out, step=result["step"],
-                           iteration=iteration + 1, path=catalog_file)
-    return {"checkpoint": result["checkpoint"], "step": result["step"], "seconds": result["seconds"],
-            "last": result["steps"][-1] if result["steps"] else {}, "attempts": attempts()}
+    new_state = {**result["state"], "step": result["step"]}
+    return {"state": new_state, "checkpoint": result["checkpoint"], "step": result["step"],
+            "seconds": result["seconds"], "last": result["steps"][-1] if result["steps"] else {},
+            "attempts": attempts()}
+
+
+@task(name="catalog-checkpoints", retries=2, retry_delay_seconds=1, retry_condition_fn=is_transient)
+def catalog_checkpoints(run_id: str, folder: str, catalog_file: str, wait: bool = False) -> list[str]:
+    """The run's ``checkpoints`` rows made equal to its complete checkpoints on disk (written in the background,
+    pruned); ``wait``: first let a background write finish. Returns their names."""
+    if wait:
+        wait_for_checkpoints()
+    present = []
+    for path in sorted(Path(folder).glob("iter-*")):
+        if path.name[5:].isdigit() and is_complete(path, full=False):
+            st = read_training_state(path)
+            present.append((path.name, str(path), st.step, st.iteration))
+    runs.sync_checkpoints(run_id, present, path=catalog_file)
+    return [p[0] for p in present]
 
 
 @task(name="refresh-rollouts-view", retries=2, retry_delay_seconds=1, retry_condition_fn=is_transient)

@@ -32,14 +32,12 @@ from care.store.rollout_log import read_rows
 from care.train import warm
 from care.train.checkpoint import make_initial_checkpoint
 from care.train.config import OptimConfig, RLConfig, RolloutConfig, SamplingParams, ScoringConfig
-from care.train.optimise import load_scored_batch, optimise
-from care.train.rollout import (
-    behaviour_logprobs,
-    completion_target_mask,
-    run_rollout_stage,
-    shared_prompt_items,
-)
-from care.train.samples import prompt_items
+from care.models.inputs import completion_target_mask
+from care.train.optimise import load_scored_batch
+from care.train.optimise_stage import optimise
+from care.train.replay import materialise
+from care.train.rollout import behaviour_logprobs, run_rollout_stage
+from care.train.samples import prompt_items, shared_prompt_items
 from care.train.scoring import run_scoring_stage
 from tests.rl_helpers import cache_demo
 
@@ -131,11 +129,11 @@ def _two_iterations(setup, tag: str) -> dict:
 
 
 def test_warm_models_give_the_numbers_of_reloaded_ones(setup, monkeypatch):
-    import care.train.optimise as optimise_module
+    import care.train.trainer as trainer_module
 
     restored = []  # optimizer states read back from checkpoint files
-    load_state = optimise_module.load_checkpoint_state
-    monkeypatch.setattr(optimise_module, "load_checkpoint_state",
+    load_state = trainer_module.load_checkpoint_state
+    monkeypatch.setattr(trainer_module, "load_checkpoint_state",
                         lambda *a, **k: restored.append(a[0]) or load_state(*a, **k))
     monkeypatch.setenv("CARE_WARM_MODELS", "0")
     cold = _two_iterations(setup, "cold")
@@ -160,10 +158,11 @@ def test_warm_cache_hands_over_models_by_content(setup, monkeypatch):
     monkeypatch.setenv("CARE_WARM_MODELS", "1")
     warm.clear()
     ck = make_initial_checkpoint(setup["model"], setup["home"] / "warm-ck")
-    model, processor = warm.policy(ck)
-    assert warm.policy(ck)[0] is model and warm.processor(ck) is processor  # shared, not reloaded
-    taken, _ = warm.policy(ck, take=True)
-    assert taken is model and warm.policy(ck)[0] is not model  # taken out: the next user loads a fresh copy
+    trainer = materialise(ck)
+    assert materialise(ck) is trainer  # shared, not reloaded
+    assert trainer.policy.dtype == torch.float32 and trainer.reference.dtype == torch.float32  # master weights
+    taken = materialise(ck, take=True)
+    assert taken is trainer and materialise(ck) is not trainer  # taken out: the next user loads a fresh copy
     warm.clear()
 
 

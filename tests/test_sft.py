@@ -16,11 +16,10 @@ from care.train.checkpoint import is_complete, read_training_state
 from care.train.samples import DataSpec
 from care.train.sft import (
     PromptStore,
-    make_optimizer,
-    make_scheduler,
     run_sft,
     sampled_check,
     sft_loss,
+    sft_optimizer,
     sft_samples,
     sft_step,
 )
@@ -118,8 +117,7 @@ def test_nonfinite_step_is_skipped_and_counted(data, tiny_model_dir, demo_root):
     model = load_model(tiny_model_dir)
     model.train()
     cfg = _config(tiny_model_dir, demo_root, warmup_steps=0)
-    optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg)
+    optimizer, scheduler = sft_optimizer(model, cfg)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     head = model.get_output_embeddings()
     handle = head.register_forward_hook(lambda m, args, out: out * float("nan"))  # a real overflow, injected

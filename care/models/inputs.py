@@ -221,3 +221,9 @@ def split_completions(sequences: torch.Tensor, prompt_length: int, eos_token_id:
         cut = next((j + 1 for j, t in enumerate(row) if t in eos), len(row))
         result.append(row[:cut])
     return result
+
+
+def completion_target_mask(batch) -> torch.Tensor:
+    """[b, p + c] bool marking the completion tokens of an ``encode_prompt_completions`` batch."""
+    b, p = batch["input_ids"].shape[0], batch["prompt_length"]
+    return torch.cat([torch.zeros(b, p, dtype=torch.bool), batch["completion_mask"].bool()], dim=1)

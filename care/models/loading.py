@@ -80,7 +80,8 @@ def enable_activation_checkpointing(model) -> None:
 def load_model(path: str | Path, *, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu"):
     """``AutoModelForImageTextToText.from_pretrained(path)`` in eval mode on ``device``.
 
-    ``dtype``: None keeps float32 (right for CPU); "bfloat16" / torch.bfloat16 / "auto" for GPU checkpoints.
+    ``dtype``: None (or "auto") keeps the checkpoint's own dtype (transformers 5 reads it from the config: a bf16
+    checkpoint loads as bf16); pass torch.float32 for trainable master weights, torch.bfloat16 for inference.
     """
     folder = _local_folder(path)
     if folder is not None:

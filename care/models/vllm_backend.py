@@ -180,8 +180,12 @@ def logprob_gap(behaviour: Sequence[Sequence[float]], engine: Sequence[Sequence[
 
 
 def run_vllm_rollouts(*, run_id: str, iteration: int, checkpoint: str | Path, samples: Sequence[Sample],
-                      cache: FrameCache, config: RolloutConfig, seed: int, out_dir: str | Path) -> dict:
-    """The ``vllm`` backend of ``run_rollout_stage``: same arguments, same shard, same manifest (+ vLLM figures)."""
+                      cache: FrameCache, config: RolloutConfig, seed: int, out_dir: str | Path,
+                      policy_id: str | None = None) -> dict:
+    """The ``vllm`` backend of ``run_rollout_stage``: same arguments, same shard, same manifest (+ vLLM figures).
+
+    ``checkpoint`` is a complete checkpoint folder; ``policy_id`` names its policy in the rows (default: its
+    content id)."""
     from care.train.policy_io import policy_path
     from care.train.samples import prompt_items
 
@@ -205,7 +209,7 @@ def run_vllm_rollouts(*, run_id: str, iteration: int, checkpoint: str | Path, sa
         run_id=run_id, iteration=iteration, checkpoint=checkpoint, samples=samples, items=items, rates=rates,
         completions=completions, prompt_tokens=info["prompt_tokens"], seeds=seeds, config=config,
         seconds_per_completion=generation_seconds / max(len(completions), 1), out_dir=out_dir, started=started,
-        engine_logprobs=info["engine_logprobs"],
+        engine_logprobs=info["engine_logprobs"], policy_id=policy_id,
     )
     return {**manifest, "generation_seconds": generation_seconds}
 
@@ -214,7 +218,8 @@ def shard_from_completions(*, run_id: str, iteration: int, checkpoint: str | Pat
                            items: Sequence[PromptItem], rates: Sequence[float | None],
                            completions: Sequence[Completion], prompt_tokens: Sequence[int], seeds: Sequence[int],
                            config: RolloutConfig, seconds_per_completion: float, out_dir: str | Path,
-                           started: float, engine_logprobs: Sequence[Sequence[float]] | None = None) -> dict:
+                           started: float, engine_logprobs: Sequence[Sequence[float]] | None = None,
+                           policy_id: str | None = None) -> dict:
     """Behaviour log-probs from the HF policy (``generation_batch_prompts`` prompts per forward), then the shard.
 
     Returns the ``run_rollout_stage`` manifest plus ``engine_logprob_gap`` when engine log-probs are given
@@ -240,7 +245,7 @@ def shard_from_completions(*, run_id: str, iteration: int, checkpoint: str | Pat
             logps[n] = lp
     rows = rollout_rows(run_id=run_id, iteration=iteration, first_group=0, samples=list(samples),
                         completions=completions, logprobs=logps, prompt_tokens=prompt_tokens, seeds=seeds,
-                        checkpoint=checkpoint_id(checkpoint), backend="vllm", sampling=config.sampling,
+                        checkpoint=policy_id or checkpoint_id(checkpoint), backend="vllm", sampling=config.sampling,
                         seconds=seconds_per_completion)
     manifest = write_generated(out_dir, rows, prompts=len(samples), started=started)
     if engine_logprobs is not None:

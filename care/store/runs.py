@@ -108,6 +108,26 @@ def record_checkpoint(run_id: str, name: str, ckpt_path: str, *, step: int, iter
     )
 
 
+def sync_checkpoints(run_id: str, present: list[tuple[str, str, int, int]], *, path=None) -> None:
+    """Make the run's ``checkpoints`` rows the checkpoints on disk: ``present`` = (name, path, step, iteration) of
+    each complete one. New ones are added, pruned ones removed, kept ones untouched (their ``created_at``)."""
+    names = [p[0] for p in present]
+    with connect(path) as con:
+        known = {r[0] for r in con.execute("SELECT name FROM checkpoints WHERE run_id = ?", [run_id]).fetchall()}
+        con.execute("BEGIN")
+        try:
+            for gone in known - set(names):
+                con.execute("DELETE FROM checkpoints WHERE run_id = ? AND name = ?", [run_id, gone])
+            for name, ckpt_path, step, iteration in present:
+                if name not in known:
+                    con.execute("INSERT INTO checkpoints (run_id, name, path, step, iteration, created_at) "
+                                "VALUES (?, ?, ?, ?, ?, ?)", [run_id, name, str(ckpt_path), step, iteration, _now()])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+
 def record_metrics(run_id: str, step: int, metrics: Mapping[str, float], *, stage: str | None = None,
                    path=None) -> int:
     """Upsert one value per metric name at ``step``; NaN/inf are stored as NULL (no value), not dropped."""

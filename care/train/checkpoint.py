@@ -62,17 +62,23 @@ class TrainingState:
 # --------------------------------------------------------------------------- optimizer / scheduler / RNG state
 
 
-def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def capture_optimizer(optimizer: torch.optim.Optimizer, *, copy: bool = False
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, JSON metadata) of an optimizer's state; ``copy`` = tensors that later steps cannot change."""
     sd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for pid, pstate in sd["state"].items():
         for key, value in pstate.items():
             if torch.is_tensor(value):
-                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
+                tensors[f"{pid}.{key}"] = value.detach().to("cpu", copy=copy).contiguous()
             else:
                 scalars.setdefault(str(pid), {})[key] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+    return tensors, {"param_groups": json.loads(json.dumps(sd["param_groups"])), "scalars": scalars}
+
+
+def capture_scheduler(scheduler: Any) -> dict[str, Any]:
+    return _jsonable(scheduler.state_dict())
 
 
 def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
@@ -183,8 +189,13 @@ def _link_files(source: Path, names: dict[str, dict[str, Any]], dest: Path) -> s
     return linked
 
 
-def verify_manifest(folder: Path) -> None:
-    """Raise CheckpointError naming the first missing, truncated or altered file."""
+def verify_manifest(folder: Path, *, full: bool = True) -> None:
+    """Raise CheckpointError naming the first missing, truncated or (``full``: sha256 of every byte) altered file.
+
+    ``full=False`` checks presence and sizes only: what the per-iteration bookkeeping (is a checkpoint there,
+    which is the newest) needs, at a cost that does not grow with the model. Loading a checkpoint (a resume, an
+    evaluation, an export) always verifies in full.
+    """
     manifest = folder / MANIFEST
     if not manifest.is_file():
         raise CheckpointError(f"{folder}: no {MANIFEST}; the checkpoint is incomplete (its write never finished)")
@@ -195,7 +206,7 @@ def verify_manifest(folder: Path) -> None:
             raise CheckpointError(f"{path}: listed in {MANIFEST} but missing; delete the checkpoint and re-run")
         if path.stat().st_size != info["size"]:
             raise CheckpointError(f"{path}: truncated ({path.stat().st_size} of {info['size']} bytes)")
-        if _sha256(path) != info["sha256"]:
+        if full and _sha256(path) != info["sha256"]:
             raise CheckpointError(f"{path}: checksum mismatch; the file was altered or corrupted")
 
 
@@ -224,6 +235,11 @@ def save_checkpoint(
     state: TrainingState | None = None,
     reference_from: str | Path | None = None,
     processor_from: str | Path | None = None,
+    policy_state: dict[str, torch.Tensor] | None = None,
+    reference_state: dict[str, torch.Tensor] | None = None,
+    optimizer_state: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
+    scheduler_state: dict[str, Any] | None = None,
+    rng_state: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
 ) -> Path:
     """Write a complete checkpoint to ``folder`` atomically and return its path.
 
@@ -234,6 +250,10 @@ def save_checkpoint(
     ``reference_from`` holds exactly ``reference`` in its ``reference/`` (the EMA did not move since);
     ``processor_from`` holds exactly ``processor`` beside its policy. Each linked file must match that
     checkpoint's manifest, else the part is written from the object as usual.
+
+    ``policy_state`` / ``reference_state`` / ``optimizer_state`` / ``scheduler_state`` / ``rng_state``: a
+    snapshot taken earlier (``care.train.trainer.save_trainer`` in the background), written instead of the live
+    objects' current values; the modules then only provide their configs.
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -246,11 +266,11 @@ def save_checkpoint(
             if obj is not None and source is not None and (entries := _unchanged_part(Path(source), part)):
                 reused[part] = (Path(source), entries)
         with hf_progress_bars(False):  # one bar per checkpoint is log noise; the stages report progress
-            policy.save_pretrained(tmp / "policy", safe_serialization=True)
+            policy.save_pretrained(tmp / "policy", safe_serialization=True, state_dict=policy_state)
             if processor is not None and "processor" not in reused:
                 processor.save_pretrained(tmp / "policy")
             if reference is not None and "reference" not in reused:
-                reference.save_pretrained(tmp / "reference", safe_serialization=True)
+                reference.save_pretrained(tmp / "reference", safe_serialization=True, state_dict=reference_state)
         hard_linked: set[str] = set()
         for part, (source, entries) in list(reused.items()):
             if any((tmp / name).exists() for name in entries):  # the model's save wrote it: not a processor file
@@ -259,13 +279,13 @@ def save_checkpoint(
                     processor.save_pretrained(tmp / "policy")
                 continue
             hard_linked |= _link_files(source, entries, tmp)
-        if optimizer is not None:
-            tensors, meta = _optimizer_to_files(optimizer)
+        if optimizer is not None or optimizer_state is not None:
+            tensors, meta = optimizer_state or capture_optimizer(optimizer)
             save_file(tensors, tmp / "optimizer.safetensors")
             _write_json(tmp / "optimizer.json", meta)
-        if scheduler is not None:
-            _write_json(tmp / "scheduler.json", _jsonable(scheduler.state_dict()))
-        rng_tensors, rng_meta = capture_rng()
+        if scheduler is not None or scheduler_state is not None:
+            _write_json(tmp / "scheduler.json", scheduler_state or capture_scheduler(scheduler))
+        rng_tensors, rng_meta = rng_state or capture_rng()
         save_file(rng_tensors, tmp / "rng.safetensors")
         _write_json(tmp / "rng.json", rng_meta)
         st = state or TrainingState()
@@ -278,7 +298,8 @@ def save_checkpoint(
                     hard_linked.discard(name)
                 with hf_progress_bars(False):
                     if part == "reference":
-                        reference.save_pretrained(tmp / "reference", safe_serialization=True)
+                        reference.save_pretrained(tmp / "reference", safe_serialization=True,
+                                                  state_dict=reference_state)
                     else:
                         processor.save_pretrained(tmp / "policy")
                 entries = manifest_entries(tmp)
@@ -328,10 +349,10 @@ def load_checkpoint_state(
     return read_training_state(folder)
 
 
-def is_complete(folder: str | Path) -> bool:
-    """True when the folder holds a manifest-verified checkpoint."""
+def is_complete(folder: str | Path, *, full: bool = True) -> bool:
+    """True when the folder holds a manifest-verified checkpoint (``full=False``: files present, sizes right)."""
     try:
-        verify_manifest(Path(folder))
+        verify_manifest(Path(folder), full=full)
     except (CheckpointError, OSError, ValueError, KeyError):
         return False
     return True
@@ -348,9 +369,8 @@ def make_initial_checkpoint(model_path: str | Path, folder: str | Path) -> Path:
     folder = Path(folder)
     if is_complete(folder):
         return folder
-    policy = load_model(model_path)
-    reference = load_model(model_path)
-    return save_checkpoint(folder, policy=policy, reference=reference, processor=load_processor(model_path),
+    policy = load_model(model_path)  # the checkpoint's own dtype: a bf16 model is stored as is (exact)
+    return save_checkpoint(folder, policy=policy, reference=policy, processor=load_processor(model_path),
                            state=TrainingState(step=0, iteration=0))
 
 
@@ -390,14 +410,21 @@ def latest_complete(folder: str | Path, prefix: str = "iter-") -> tuple[int, Pat
     return max(found) if found else None
 
 
-def prune_checkpoints(folder: str | Path, keep: int, prefix: str = "iter-") -> list[Path]:
-    """Delete all but the newest ``keep`` complete checkpoints (0 keeps all); returns what was removed."""
+def prune_checkpoints(folder: str | Path, keep: int, prefix: str = "iter-", *, keep_every: int = 0) -> list[Path]:
+    """Delete complete checkpoints beyond the newest ``keep`` (0 keeps all), except every ``keep_every``-th
+    (numbers divisible by it, but not the starting checkpoint 0, for later evaluation; 0 = none). Returns
+    what was removed.
+
+    Only complete checkpoints are candidates and the newest complete one is always kept (a resume starts
+    there); folders being written (``.tmp-*``) are never looked at. Called by the writer after its write,
+    so pruning never races it.
+    """
     if keep <= 0:
         return []
     folder = Path(folder)
     numbered = sorted((int(p.name[len(prefix):]), p) for p in folder.iterdir()
-                      if p.name.startswith(prefix) and p.name[len(prefix):].isdigit())
-    removed = [p for _, p in numbered[:-keep]]
+                      if p.name.startswith(prefix) and p.name[len(prefix):].isdigit() and is_complete(p, full=False))
+    removed = [p for n, p in numbered[:-keep] if not (keep_every and n > 0 and n % keep_every == 0)]
     for p in removed:
         shutil.rmtree(p, ignore_errors=True)
     return removed

@@ -93,6 +93,12 @@ class OptimConfig(StageConfig):
     num_processes: int = Field(1, ge=1, description="Data-parallel processes (torchrun) for the update.")
 
 
+# options that do not change what is trained stay out of a run's identity: the same run can be continued with
+# another checkpoint cadence or retention (a replayed update equals the original bit for bit)
+NOT_IDENTITY = ("run_name", "eval_every", "eval", "checkpoint_every", "checkpoint_background", "keep_checkpoints",
+                "keep_every")
+
+
 class RLConfig(StageConfig):
     """A GRPO / GRPO-CARE run: which model and data, how many iterations, and each stage's options."""
 
@@ -105,7 +111,16 @@ class RLConfig(StageConfig):
     frames: FrameSampling = Field(default_factory=FrameSampling, description="Frame sampling of the frame cache to read (as preprocessed).")
     iterations: int = Field(3, ge=1, description="Generation batches (RL iterations) to run.")
     seed: int = Field(0, description="Seeds data order, sampling and initialisation.")
-    keep_checkpoints: int = Field(0, ge=0, description="Keep only the newest N iteration checkpoints (0 = keep all).")
+    checkpoint_every: int = Field(10, ge=1, description="Write a resumable checkpoint every K iterations (and after the "
+                                  "last one and at every evaluation). In between, the state stays in memory and a "
+                                  "resume replays the updates since the newest checkpoint from the logged shards "
+                                  "(docs/reliability.md). With optim.num_processes > 1 every iteration writes one.")
+    checkpoint_background: bool = Field(True, description="Write periodic checkpoints from a snapshot in a background "
+                                        "thread while training goes on (one in flight at a time).")
+    keep_checkpoints: int = Field(2, ge=0, description="Keep the newest N iteration checkpoints (0 = keep all); the newest "
+                                  "complete one, which a resume starts from, is never removed.")
+    keep_every: int = Field(0, ge=0, description="Also keep every checkpoint whose iteration is a multiple of this (for "
+                            "later evaluation; 0 = none).")
     eval_every: int = Field(0, ge=0, description="Evaluate the checkpoint every N iterations (0 = never from the rl flow).")
     eval: dict[str, Any] = Field(default_factory=dict, description="EvalConfig options of the periodic evaluation (checkpoint, data_root, frames filled in).")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
@@ -175,9 +190,15 @@ class RLConfig(StageConfig):
         if self.run_name:
             return self.run_name
         # options that do not change what is trained stay out of the identity
-        blob = json.dumps(self.model_dump(mode="json", exclude={"run_name", "eval_every", "eval", "keep_checkpoints"}),
-                          sort_keys=True)
+        blob = json.dumps(self.model_dump(mode="json", exclude=set(NOT_IDENTITY)), sort_keys=True)
         return f"{self.algo.replace('_', '-')}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+    def checkpoint_due(self, iterations_done: int) -> bool:
+        """Whether the state after ``iterations_done`` iterations is written as a checkpoint."""
+        n = iterations_done
+        return (n % self.checkpoint_every == 0 or n >= self.iterations
+                or bool(self.eval_every and n % self.eval_every == 0)
+                or self.optim.num_processes > 1)  # its ranks exit after the stage: the state goes through disk
 
     @property
     def total_optimizer_steps(self) -> int:

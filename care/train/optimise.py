@@ -5,8 +5,14 @@ Shape legend: b = rollouts in a micro-batch, p = prompt tokens, c = completion t
 What is on: ``steps_per_generation`` optimizer steps over the whole batch (1 = the reference code's single
 on-policy step with ratio exp(logp - logp.detach()); more = PPO clipped ratio against the behaviour log-probs
 stored by the rollout stage), micro-batches with gradient accumulation, AdamW, cosine or constant schedule with
-warm-up, grad-norm clipping, bf16 autocast on GPU, optional gradient checkpointing, the EMA (or frozen)
-reference update every ``ema_every`` optimizer steps. What is off by default: the KL term (GRPO-CARE has none).
+warm-up, grad-norm clipping, fp32 master weights with bf16 autocast (``precision``), optional gradient
+checkpointing, the EMA (or frozen) reference update every ``ema_every`` optimizer steps, accumulated in fp32.
+What is off by default: the KL term (GRPO-CARE has none).
+
+The stage is three parts: ``restore`` a ``Trainer`` (the resident state: policy, reference, optimizer, schedule,
+counters) from a checkpoint, ``update_steps`` on one scored batch, and ``save_trainer`` (a checkpoint, only
+every ``checkpoint_every`` iterations; ``care.train.state`` says how the states in between are named and
+rebuilt).
 
 Data parallel: ``accelerate`` wraps a small module whose forward returns the token log-probs, so DDP sees
 the whole computation. Every micro-batch loss is weighted by its share of the *global* batch (sequences, or
@@ -24,7 +30,6 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import transformers
 from accelerate import Accelerator
 from torch import nn
 
@@ -32,16 +37,14 @@ from care.algo.ema import ReferenceUpdater, unwrap_model
 from care.algo.likelihood import token_log_probs
 from care.algo.losses import policy_loss
 from care.data.schema import Sample
-from care.failpoints import failpoint
 from care.media.frame_cache import FrameCache
-from care.models.inputs import encode_prompt_completions, model_inputs
+from care.models.inputs import completion_target_mask, encode_prompt_completions, model_inputs
 from care.models.loading import enable_activation_checkpointing
 from care.store.rollout_log import read_rows
-from care.train import warm
-from care.train.checkpoint import TrainingState, load_checkpoint_state, read_training_state, save_checkpoint
 from care.train.config import OptimConfig
-from care.train.policy_io import default_device, resolve_dtype
-from care.train.rollout import completion_target_mask, shared_prompt_items
+from care.train.samples import shared_prompt_items
+from care.train.toolkit import autocast, resolve_dtype, step_if_finite
+from care.train.trainer import Trainer, ensure_optimizer
 
 
 class CompletionLogProbs(nn.Module):
@@ -56,18 +59,6 @@ class CompletionLogProbs(nn.Module):
         out = token_log_probs(self.policy, inputs, target_mask, temperature=temperature, with_entropy=True,
                               shared_prompts=shared_prompts)
         return out.logp, out.entropy
-
-
-def make_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=config.learning_rate, betas=tuple(config.betas), eps=config.adam_eps,
-                             weight_decay=config.weight_decay)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, total_steps: int):
-    if config.lr_scheduler == "cosine":
-        return transformers.get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, max(total_steps, 1))
-    return transformers.get_constant_schedule_with_warmup(optimizer, config.warmup_steps)
 
 
 def load_scored_batch(generated_path: str | Path, scored_path: str | Path) -> list[dict]:
@@ -122,7 +113,8 @@ class _Accumulator:
 
 
 def _micro_step(scorer, reference, processor, accelerator, rows, samples, cache, config, *, temperature,
-                max_new_tokens, weight_of, use_behaviour, world) -> tuple[torch.Tensor, dict[str, float], float]:
+                max_new_tokens, weight_of, use_behaviour, world,
+                compute_dtype) -> tuple[torch.Tensor, dict[str, float], float]:
     """Forward + backward of one micro-batch; returns (weighted loss, metrics, weight)."""
     items, rates = shared_prompt_items([samples[r["sample_id"]] for r in rows], cache)
     batch = encode_prompt_completions(processor, items, [r["completion_ids"] for r in rows], fps=rates)
@@ -131,14 +123,14 @@ def _micro_step(scorer, reference, processor, accelerator, rows, samples, cache,
     target = completion_target_mask(batch).to(device)
     p = batch["prompt_length"]
     mask = batch["completion_mask"].bool().to(device)
-    with accelerator.autocast():
+    with autocast(device, compute_dtype):
         logp_full, entropy_full = scorer(inputs, target, temperature, batch["shared_prompts"])
     logp, entropy = logp_full[:, p:], entropy_full[:, p:]
     width = mask.shape[1]
     old = _pad([r["behaviour_logprobs"] for r in rows], width).to(device) if use_behaviour else None
     ref_logp = None
     if config.kl_beta > 0:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, compute_dtype):
             ref_logp = token_log_probs(reference, inputs, target, temperature=temperature,
                                        shared_prompts=batch["shared_prompts"]).logp[:, p:]
     adv = torch.tensor([r["advantage"] for r in rows], dtype=torch.float32, device=device)
@@ -151,39 +143,34 @@ def _micro_step(scorer, reference, processor, accelerator, rows, samples, cache,
     return out.loss.detach(), out.metrics, weight
 
 
-def optimise(*, checkpoint_in: str | Path, checkpoint_out: str | Path, rows: list[dict],
-             samples: Mapping[str, Sample], cache: FrameCache, config: OptimConfig, total_steps: int,
-             temperature: float, max_new_tokens: int, iteration: int, data_cursor: Mapping | None = None) -> dict:
-    """Run ``config.steps_per_generation`` optimizer steps over ``rows`` (the whole scored generation batch).
-
-    Works as one process or as one rank of ``torchrun``; rank 0 writes ``checkpoint_out``.
-    Returns {"steps": [...per-step metrics...], "checkpoint": path, "step": global optimizer step}.
-    """
-    started = time.perf_counter()
-    device = default_device()
-    dtype = resolve_dtype(config.precision, device)
-    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if dtype == torch.bfloat16 else "no")
-    world, rank = accelerator.num_processes, accelerator.process_index
-    # taken out of the warm cache (trained in place below); handed back under checkpoint_out once written
-    policy, processor = warm.policy(checkpoint_in, device=accelerator.device, take=True)
-    reference = warm.reference(checkpoint_in, device=accelerator.device, take=True)
-    if config.gradient_checkpointing:
+def _set_activation_checkpointing(policy: nn.Module, on: bool) -> None:
+    """On for the update only: the same model object also samples and scores, where it would cost speed."""
+    if on:
         enable_activation_checkpointing(policy)
-        policy.config.use_cache = False
-    policy.train()
-    signature = (config.model_dump_json(), total_steps)
-    held = warm.take_trainer(checkpoint_in, policy, signature, device=accelerator.device)
-    if held is not None:  # the optimizer state this process just wrote to checkpoint_in, still in memory
-        optimizer, scheduler = held
-        state = read_training_state(checkpoint_in)
     else:
-        optimizer = make_optimizer(policy, config)
-        scheduler = make_scheduler(optimizer, config, total_steps)
-        has_optimizer = (Path(checkpoint_in) / "optimizer.safetensors").is_file()
-        state = (load_checkpoint_state(checkpoint_in, optimizer=optimizer if has_optimizer else None,
-                                       scheduler=scheduler if has_optimizer else None, restore_rng_state=False)
-                 if has_optimizer else read_training_state(checkpoint_in))
-    scorer, optimizer = accelerator.prepare(CompletionLogProbs(policy), optimizer)
+        (getattr(policy, "activation_checkpointing_disable", None) or policy.gradient_checkpointing_disable)()
+    policy.config.use_cache = not on
+
+
+def update_steps(trainer: Trainer, *, rows: list[dict], samples: Mapping[str, Sample], cache: FrameCache,
+                 config: OptimConfig, total_steps: int, temperature: float, max_new_tokens: int,
+                 iteration: int) -> list[dict]:
+    """``config.steps_per_generation`` optimizer steps of ``trainer`` over ``rows`` (one whole scored
+    generation batch), the EMA on schedule; the trainer ends at iteration ``iteration + 1``.
+
+    Works as one process or as one rank of ``torchrun`` (DDP over the ranks). Returns the per-step metrics.
+    """
+    device = next(trainer.policy.parameters()).device
+    compute_dtype = resolve_dtype(config.precision, device)
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="no")  # autocast is ours (toolkit)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    ensure_optimizer(trainer, config, total_steps)
+    policy, reference, processor = trainer.policy, trainer.reference, trainer.processor
+    if config.gradient_checkpointing:
+        _set_activation_checkpointing(policy, True)
+    policy.train()
+    scorer, optimizer = accelerator.prepare(CompletionLogProbs(policy), trainer.optimizer)
+    scheduler = trainer.scheduler
     updater = ReferenceUpdater(mode=config.ref_mode, decay=config.ema_decay, every=config.ema_every)
 
     n_global = len(rows)
@@ -196,8 +183,6 @@ def optimise(*, checkpoint_in: str | Path, checkpoint_out: str | Path, rows: lis
     local = _shard_for_rank(rows, rank, world, config.micro_batch_size)
     micro = _micro_batches(local, config.micro_batch_size)
     use_behaviour = config.steps_per_generation > 1
-    step, ema_updates, skipped = state.step, int(state.extra.get("ema_updates", 0)), int(state.extra.get("skipped_steps", 0))
-    ema_updates_in = ema_updates
     history = []
     for _ in range(config.steps_per_generation):
         t0 = time.perf_counter()
@@ -208,44 +193,27 @@ def optimise(*, checkpoint_in: str | Path, checkpoint_out: str | Path, rows: lis
             with nullcontext() if sync else accelerator.no_sync(scorer):
                 loss, metrics, w = _micro_step(scorer, reference, processor, accelerator, mb, samples, cache, config,
                                                temperature=temperature, max_new_tokens=max_new_tokens,
-                                               weight_of=weight_of, use_behaviour=use_behaviour, world=world)
+                                               weight_of=weight_of, use_behaviour=use_behaviour, world=world,
+                                               compute_dtype=compute_dtype)
             loss_sum += loss.double() * w * world
             acc.add(metrics, w * world)
-        grad_norm = accelerator.clip_grad_norm_(scorer.parameters(), config.max_grad_norm)
-        grad_norm = float(grad_norm)
+        grad_norm = float(accelerator.clip_grad_norm_(scorer.parameters(), config.max_grad_norm))
         loss_value = float(accelerator.reduce(loss_sum, reduction="sum")) / world if world > 1 else float(loss_sum)
         lr = scheduler.get_last_lr()[0]
-        finite = math.isfinite(grad_norm) and math.isfinite(loss_value)
+        finite = step_if_finite(optimizer, scheduler, loss=loss_value, grad_norm=grad_norm)
         if finite:
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            if updater.maybe_update(reference, unwrap_model(scorer).policy, step):
-                ema_updates += 1
+            trainer.step += 1
+            if updater.maybe_update(reference, unwrap_model(scorer).policy, trainer.step):
+                trainer.ema_updates += 1
         else:
-            skipped += 1
-        optimizer.zero_grad(set_to_none=True)
+            trainer.skipped += 1
         seconds = time.perf_counter() - t0
-        history.append({"step": step, "loss": loss_value, "grad_norm": grad_norm, "learning_rate": lr,
-                        "skipped_nonfinite": 0.0 if finite else 1.0, "ema_updates": float(ema_updates),
+        history.append({"step": trainer.step, "loss": loss_value, "grad_norm": grad_norm, "learning_rate": lr,
+                        "skipped_nonfinite": 0.0 if finite else 1.0, "ema_updates": float(trainer.ema_updates),
                         "tokens_per_second": t_global / seconds if seconds > 0 else math.nan,
                         "update_seconds": seconds, **acc.reduce(accelerator, world)})
-    failpoint("optimise", iteration)
-    out_path = None
-    if accelerator.is_main_process:
-        policy_module = unwrap_model(scorer).policy
-        policy_module.eval()
-        new_state = TrainingState(step=step, iteration=iteration + 1, data_cursor=dict(data_cursor or {}),
-                                  extra={"ema_updates": ema_updates, "skipped_steps": skipped})
-        inner_optimizer = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
-        out_path = str(save_checkpoint(checkpoint_out, policy=policy_module, reference=reference, processor=processor,
-                                       optimizer=inner_optimizer, scheduler=scheduler, state=new_state,
-                                       # no EMA update in this stage: the reference is checkpoint_in's, bit for bit
-                                       reference_from=checkpoint_in if ema_updates == ema_updates_in else None,
-                                       processor_from=checkpoint_in))  # the processor never changes in RL
-        if world == 1 and not config.gradient_checkpointing:  # the next rollout / scoring stage starts warm
-            warm.put(out_path, policy_and_processor=(policy_module, processor), reference_model=reference,
-                     trainer=(inner_optimizer, scheduler, signature), device=accelerator.device)
-    accelerator.wait_for_everyone()
-    return {"steps": history, "checkpoint": out_path or str(checkpoint_out), "step": step,
-            "seconds": time.perf_counter() - started}
+    if config.gradient_checkpointing:
+        _set_activation_checkpointing(policy, False)
+    policy.eval()
+    trainer.iteration = iteration + 1
+    return history

@@ -9,17 +9,10 @@ import torch
 
 from care.models.loading import load_model, load_processor
 from care.train.checkpoint import verify_manifest
+from care.train.toolkit import MASTER_DTYPE, default_device, resolve_dtype
 
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on a GPU that supports it, else fp32 (CPU training stays in fp32)."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return torch.float32
+__all__ = ["MASTER_DTYPE", "checkpoint_id", "default_device", "load_policy", "load_reference", "policy_path",
+           "reference_path", "resolve_dtype"]
 
 
 def policy_path(checkpoint: str | Path) -> Path:
@@ -36,16 +29,24 @@ def checkpoint_id(checkpoint: str | Path) -> str:
     return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
 
 
-def load_policy(checkpoint: str | Path, *, device: torch.device | None = None, dtype: torch.dtype | None = None):
-    """(model, processor) of the checkpoint's policy, in eval mode; the checkpoint's manifest is verified first."""
-    verify_manifest(Path(checkpoint))
+def load_policy(checkpoint: str | Path, *, device: torch.device | None = None,
+                dtype: torch.dtype | None = MASTER_DTYPE, verify: bool = True):
+    """(model, processor) of the checkpoint's policy, in eval mode; the checkpoint's manifest is verified first.
+
+    ``dtype`` defaults to the fp32 master dtype whatever the checkpoint stores (transformers' ``dtype=None``
+    would keep a bf16 checkpoint in bf16, where small updates round away)."""
+    if verify:
+        verify_manifest(Path(checkpoint))
     device = device or default_device()
     model = load_model(policy_path(checkpoint), dtype=dtype, device=device)
     return model, load_processor(policy_path(checkpoint))
 
 
-def load_reference(checkpoint: str | Path, *, device: torch.device | None = None, dtype: torch.dtype | None = None):
-    verify_manifest(Path(checkpoint))
+def load_reference(checkpoint: str | Path, *, device: torch.device | None = None,
+                   dtype: torch.dtype | None = MASTER_DTYPE, verify: bool = True):
+    """The checkpoint's reference (EMA or frozen), fp32 by default so the EMA accumulates in fp32."""
+    if verify:
+        verify_manifest(Path(checkpoint))
     device = device or default_device()
     model = load_model(reference_path(checkpoint), dtype=dtype, device=device)
     model.requires_grad_(False)

@@ -21,36 +21,19 @@ from care.data.schema import Sample
 from care.failpoints import failpoint
 from care.media.frame_cache import FrameCache
 from care.models.generation import Completion, Decoding, sample_completions
-from care.models.inputs import encode_prompt_completions, encode_prompts, model_inputs
+from care.models.inputs import completion_target_mask, encode_prompt_completions, encode_prompts, model_inputs
 from care.models.loading import suppressed_token_ids
 from care.store.rollout_log import GENERATED_FILE, GENERATED_SCHEMA, rollout_uid, write_rows_atomic
-from care.train import warm
 from care.train.config import RolloutConfig, SamplingParams
-from care.train.policy_io import checkpoint_id
+from care.train.replay import compute_dtype, materialise
 from care.train.samples import prompt_items
+from care.train.state import PolicyState, as_state
+from care.train.toolkit import autocast
 
 
 def chunk_seed(seed: int, iteration: int, chunk: int) -> int:
     """A distinct, reproducible sampling seed per (run seed, iteration, chunk)."""
     return (seed * 1_000_003 + iteration * 10_007 + chunk) % (2**63 - 1)
-
-
-def completion_target_mask(batch) -> torch.Tensor:
-    """[b, p + c] bool marking the completion tokens of an ``encode_prompt_completions`` batch."""
-    b, p = batch["input_ids"].shape[0], batch["prompt_length"]
-    return torch.cat([torch.zeros(b, p, dtype=torch.bool), batch["completion_mask"].bool()], dim=1)
-
-
-def shared_prompt_items(samples: Sequence[Sample], cache: FrameCache) -> tuple[list, list[float | None]]:
-    """``prompt_items`` with each distinct sample read from the cache once and its item object repeated.
-
-    The G rollouts of a prompt then share one ``PromptItem``, which ``encode_prompts`` processes once.
-    """
-    distinct = list({s.sample_id: s for s in samples}.values())
-    items, rates = prompt_items(distinct, cache)
-    by_id = {s.sample_id: (item, rate) for s, item, rate in zip(distinct, items, rates, strict=True)}
-    pairs = [by_id[s.sample_id] for s in samples]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 @torch.no_grad()
@@ -101,25 +84,28 @@ def write_generated(out_dir: str | Path, rows: Sequence[dict], *, prompts: int, 
             "completion_tokens": sum(r["completion_tokens"] for r in rows)}
 
 
-def run_rollout_stage(*, run_id: str, iteration: int, checkpoint: str | Path, samples: Sequence[Sample],
-                      cache: FrameCache, config: RolloutConfig, seed: int, out_dir: str | Path) -> dict:
-    """Sample ``config.group_size`` completions for each of ``samples``; write ``generated.parquet``.
+def run_rollout_stage(*, run_id: str, iteration: int, checkpoint: str | Path | PolicyState,
+                      samples: Sequence[Sample], cache: FrameCache, config: RolloutConfig, seed: int,
+                      out_dir: str | Path) -> dict:
+    """Sample ``config.group_size`` completions for each of ``samples`` from the policy of ``checkpoint`` (a
+    checkpoint path or a PolicyState); write ``generated.parquet``.
 
     Returns a small manifest: the shard path, row count and timings.
     """
     if config.backend != "hf":
-        from care.models.vllm_backend import run_vllm_rollouts  # GPU only, separate environment
-
-        return run_vllm_rollouts(run_id=run_id, iteration=iteration, checkpoint=checkpoint, samples=samples,
-                                 cache=cache, config=config, seed=seed, out_dir=out_dir)
+        return _vllm_rollouts(run_id=run_id, iteration=iteration, state=as_state(checkpoint), samples=samples,
+                              cache=cache, config=config, seed=seed, out_dir=Path(out_dir))
     started = time.perf_counter()
-    model, processor = warm.policy(checkpoint)  # shared with the other stages of this process, read-only
+    state = as_state(checkpoint)
+    trainer = materialise(state)  # shared with the other stages of this process, read-only
+    model, processor = trainer.policy, trainer.processor
+    dtype = compute_dtype(state)
     tokenizer = processor.tokenizer
     device = next(model.parameters()).device
     s = config.sampling
     decoding = Decoding(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_new_tokens=s.max_new_tokens)
     suppress = suppressed_token_ids(processor)
-    ckpt = checkpoint_id(checkpoint)
+    ckpt = state.state_id
     from_sampler = config.behaviour_logprobs != "forward"  # an unresolved 'auto' (stage called alone): sampler
     rows: list[dict] = []
     step = config.generation_batch_prompts
@@ -129,17 +115,19 @@ def run_rollout_stage(*, run_id: str, iteration: int, checkpoint: str | Path, sa
         items, rates = prompt_items(group, cache)
         enc = encode_prompts(processor, items, fps=rates)
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in enc.items()}
-        completions = sample_completions(
-            model, inputs, tokenizer, group_size=config.group_size, decoding=decoding,
-            seed=chunk_seed(seed, iteration, chunk), eos_token_ids=[tokenizer.eos_token_id],
-            pad_token_id=tokenizer.pad_token_id, suppress_token_ids=suppress, record_logprobs=from_sampler,
-        )
+        with autocast(device, dtype):
+            completions = sample_completions(
+                model, inputs, tokenizer, group_size=config.group_size, decoding=decoding,
+                seed=chunk_seed(seed, iteration, chunk), eos_token_ids=[tokenizer.eos_token_id],
+                pad_token_id=tokenizer.pad_token_id, suppress_token_ids=suppress, record_logprobs=from_sampler,
+            )
         if from_sampler:
             logps = [list(c.logprobs) for c in completions]
         else:
-            logps = behaviour_logprobs(model, processor, [items[c.prompt_index] for c in completions],
-                                       [rates[c.prompt_index] for c in completions],
-                                       [c.token_ids for c in completions], temperature=s.temperature)
+            with autocast(device, dtype):
+                logps = behaviour_logprobs(model, processor, [items[c.prompt_index] for c in completions],
+                                           [rates[c.prompt_index] for c in completions],
+                                           [c.token_ids for c in completions], temperature=s.temperature)
         seconds = (time.perf_counter() - t0) / max(len(completions), 1)
         rows += rollout_rows(
             run_id=run_id, iteration=iteration, first_group=start, samples=group, completions=completions,
@@ -148,3 +136,30 @@ def run_rollout_stage(*, run_id: str, iteration: int, checkpoint: str | Path, sa
             seconds=seconds,
         )
     return write_generated(out_dir, rows, prompts=len(samples), started=started)
+
+
+def _vllm_rollouts(*, run_id: str, iteration: int, state: PolicyState, samples: Sequence[Sample],
+                   cache: FrameCache, config: RolloutConfig, seed: int, out_dir: Path) -> dict:
+    """vLLM reads a model folder: the state's checkpoint, or (between checkpoints) a policy-only folder written
+    from the resident state for this stage and removed after it (the weights, not the optimizer: a third of a
+    checkpoint's bytes)."""
+    import shutil
+
+    from care.models.vllm_backend import run_vllm_rollouts  # separate environment
+    from care.train.checkpoint import TrainingState, save_checkpoint
+    from care.train.state import checkpoint_path
+
+    folder = checkpoint_path(state)
+    scratch = None
+    if folder is None:
+        trainer = materialise(state)
+        scratch = folder = out_dir / f".policy-{state.state_id}"
+        save_checkpoint(folder, policy=trainer.policy, processor=trainer.processor,
+                        state=TrainingState(step=trainer.step, iteration=trainer.iteration,
+                                            extra={"state_id": state.state_id}))
+    try:
+        return run_vllm_rollouts(run_id=run_id, iteration=iteration, checkpoint=folder, samples=samples,
+                                 cache=cache, config=config, seed=seed, out_dir=out_dir, policy_id=state.state_id)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)

@@ -98,3 +98,15 @@ class DataSpec(StageConfig):
     def load(self) -> SampleSet:
         return load_sample_set(self.data_root, self.annotation_file, self.cache(), seed=self.seed,
                                shuffle_options=self.shuffle_options)
+
+
+def shared_prompt_items(samples: Sequence[Sample], cache: FrameCache) -> tuple[list, list[float | None]]:
+    """``prompt_items`` with each distinct sample read from the cache once and its item object repeated.
+
+    The G rollouts of a prompt then share one ``PromptItem``, which ``encode_prompts`` processes once.
+    """
+    distinct = list({s.sample_id: s for s in samples}.values())
+    items, rates = prompt_items(distinct, cache)
+    by_id = {s.sample_id: (item, rate) for s, item, rate in zip(distinct, items, rates, strict=True)}
+    pairs = [by_id[s.sample_id] for s in samples]
+    return [p[0] for p in pairs], [p[1] for p in pairs]

@@ -25,10 +25,11 @@ from care.failpoints import failpoint
 from care.media.frame_cache import FrameCache
 from care.models.inputs import encode_prompt_completions, model_inputs
 from care.store.rollout_log import SCORED_FILE, SCORED_SCHEMA, read_rows, write_rows_atomic
-from care.train import warm
 from care.train.config import ScoringConfig
-from care.train.policy_io import checkpoint_id
-from care.train.rollout import shared_prompt_items
+from care.train.replay import compute_dtype, materialise
+from care.train.samples import shared_prompt_items
+from care.train.state import PolicyState, as_state
+from care.train.toolkit import autocast, default_device
 
 
 @torch.no_grad()
@@ -53,9 +54,10 @@ def reference_likelihoods(reference, processor, rows: list[dict], samples: Mappi
     return p_all, logp_all, has_all
 
 
-def run_scoring_stage(*, generated_path: str | Path, checkpoint: str | Path, samples: Mapping[str, Sample],
-                      cache: FrameCache, config: ScoringConfig, algo: str) -> dict:
-    """Score the shard at ``generated_path``; write ``scored.parquet`` beside it; return a manifest with metrics."""
+def run_scoring_stage(*, generated_path: str | Path, checkpoint: str | Path | PolicyState,
+                      samples: Mapping[str, Sample], cache: FrameCache, config: ScoringConfig, algo: str) -> dict:
+    """Score the shard at ``generated_path`` under the reference of ``checkpoint`` (a checkpoint path or a
+    PolicyState); write ``scored.parquet`` beside it; return a manifest with metrics."""
     started = time.perf_counter()
     generated_path = Path(generated_path)
     rows = read_rows(generated_path)
@@ -66,9 +68,11 @@ def run_scoring_stage(*, generated_path: str | Path, checkpoint: str | Path, sam
     base = torch.tensor(breakdown.total, dtype=torch.float64)
     group_ids = torch.tensor([r["group"] for r in rows], dtype=torch.long)
 
-    reference = warm.reference(checkpoint)  # read-only here; warm when an earlier stage of this process had it
-    processor = warm.processor(checkpoint)
-    p, mean_logp, has_answer = reference_likelihoods(reference, processor, rows, samples, cache, config)
+    state = as_state(checkpoint)
+    trainer = materialise(state)  # read-only here; resident when an earlier stage of this process had it
+    with autocast(default_device(), compute_dtype(state)):
+        p, mean_logp, has_answer = reference_likelihoods(trainer.reference, trainer.processor, rows, samples, cache,
+                                                         config)
     p_t = torch.tensor(p, dtype=torch.float64)
     if config.consistency_bonus:
         bonus = consistency_bonus(torch.nan_to_num(accuracy, nan=0.0), p_t, group_ids, lam=config.bonus_weight,
@@ -78,7 +82,7 @@ def run_scoring_stage(*, generated_path: str | Path, checkpoint: str | Path, sam
         bonus = torch.zeros_like(base)
         adv = compute_advantages(config.advantage, base, group_ids)
     reward = base + bonus
-    ref_ckpt = checkpoint_id(checkpoint)
+    ref_ckpt = state.state_id
     per_row = (time.perf_counter() - started) / max(len(rows), 1)
     scored = []
     for i, r in enumerate(rows):

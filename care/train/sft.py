@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import transformers
 from tqdm.auto import tqdm
 
 from care.algo.likelihood import token_log_probs
@@ -35,7 +34,13 @@ from care.errors import CareError
 from care.failpoints import failpoint
 from care.media.frame_cache import FrameCache
 from care.models.generation import Decoding, sample_completions
-from care.models.inputs import PromptItem, encode_prompt_completions, encode_prompts, model_inputs
+from care.models.inputs import (
+    PromptItem,
+    completion_target_mask,
+    encode_prompt_completions,
+    encode_prompts,
+    model_inputs,
+)
 from care.models.loading import enable_activation_checkpointing, suppressed_token_ids
 from care.train.checkpoint import (
     TrainingState,
@@ -45,10 +50,17 @@ from care.train.checkpoint import (
     save_checkpoint,
 )
 from care.train.data_order import batch_ids, cursor_after
-from care.train.policy_io import default_device, resolve_dtype
-from care.train.rollout import completion_target_mask
 from care.train.samples import SampleSet, prompt_items
 from care.train.sft_config import SFTConfig
+from care.train.toolkit import (
+    MASTER_DTYPE,
+    autocast,
+    default_device,
+    make_optimizer,
+    make_scheduler,
+    resolve_dtype,
+    step_if_finite,
+)
 
 CHECKPOINT_PREFIX = "step-"
 
@@ -126,22 +138,18 @@ class StepResult:
 
 
 def sft_step(model, processor, optimizer, scheduler, batch: tuple, *, max_grad_norm: float,
-             autocast: Callable = torch.autocast) -> StepResult:
-    """Forward + backward + clip + (when loss and grad norm are finite) one optimizer and scheduler step."""
+             compute_dtype: torch.dtype = torch.float32) -> StepResult:
+    """Forward + backward (under bf16 autocast when ``compute_dtype`` is bf16; the weights stay fp32) + clip +
+    (when loss and grad norm are finite) one optimizer and scheduler step."""
     items, rates, completions = batch
     device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    with autocast(device_type=device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+    with autocast(device, compute_dtype):
         loss, n_tokens = sft_loss(model, processor, items, rates, completions)
     loss.backward()
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm))
     lr = scheduler.get_last_lr()[0]
     loss_value = float(loss.detach())
-    applied = math.isfinite(loss_value) and math.isfinite(grad_norm)
-    if applied:
-        optimizer.step()
-        scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    applied = step_if_finite(optimizer, scheduler, loss=loss_value, grad_norm=grad_norm)
     return StepResult(loss_value, grad_norm, lr, n_tokens, applied)
 
 
@@ -164,18 +172,6 @@ def sampled_check(model, processor, store: PromptStore, samples: Sequence[Sample
     fmt = [format_reward(c.text) for c in completions]
     acc = [accuracy_reward(c.text, gold=samples[c.prompt_index].answer) for c in completions]
     return {"check_format": sum(fmt) / len(fmt), "check_accuracy": sum(acc) / len(acc)}
-
-
-def make_optimizer(model, config: SFTConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=config.learning_rate, betas=tuple(config.betas),
-                             weight_decay=config.weight_decay)
-
-
-def make_scheduler(optimizer, config: SFTConfig):
-    if config.lr_scheduler == "cosine":
-        return transformers.get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
-    return transformers.get_constant_schedule_with_warmup(optimizer, config.warmup_steps)
 
 
 class _Window:
@@ -204,6 +200,14 @@ class _Window:
                 "seconds_per_step": self.seconds / max(self.n, 1)}
 
 
+def sft_optimizer(model, config: SFTConfig):
+    """(AdamW, schedule) of an SFT run, over the model's (fp32 master) parameters."""
+    optimizer = make_optimizer(model, learning_rate=config.learning_rate, betas=config.betas,
+                               weight_decay=config.weight_decay)
+    return optimizer, make_scheduler(optimizer, kind=config.lr_scheduler, warmup_steps=config.warmup_steps,
+                                     total_steps=config.steps)
+
+
 def sft_samples(sample_set: SampleSet) -> dict[str, Sample]:
     """The samples that carry a CoT (the SFT targets), by id; an error when none does."""
     usable = {s.sample_id: s for s in sample_set.samples if s.cot}
@@ -218,13 +222,14 @@ def _load_start(config: SFTConfig, ckpt_dir: Path, device: torch.device):
 
     found = latest_complete(ckpt_dir, prefix=CHECKPOINT_PREFIX)
     source = found[1] / "policy" if found else config.model
-    model = load_model(source, dtype=None, device=device)
+    # fp32 master weights before the optimizer exists, so its moments are fp32 too (loading its state into
+    # bf16 parameters would cast the moments to bf16)
+    model = load_model(source, dtype=MASTER_DTYPE, device=device)
     processor = load_processor(source)
     if config.gradient_checkpointing:
         enable_activation_checkpointing(model)
         model.config.use_cache = False
-    optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config)
+    optimizer, scheduler = sft_optimizer(model, config)
     state = TrainingState()
     if found:
         state = load_checkpoint_state(found[1], optimizer=optimizer, scheduler=scheduler, restore_rng_state=True)
@@ -253,8 +258,6 @@ def run_sft(*, config: SFTConfig, sample_set: SampleSet, cache: FrameCache, run_
     samples = sft_samples(sample_set)
     ids = sorted(samples)
     model, processor, optimizer, scheduler, state = _load_start(config, ckpt_dir, device)
-    if dtype == torch.bfloat16:
-        model.to(dtype=torch.float32)  # fp32 master weights; autocast runs the matmuls in bf16
     store = PromptStore(samples, cache, processor.tokenizer)
     step, resumed_from = state.step, state.step
     skipped = int(state.extra.get("skipped_steps", 0))
@@ -268,7 +271,8 @@ def run_sft(*, config: SFTConfig, sample_set: SampleSet, cache: FrameCache, run_
     while step < end:
         t0 = time.perf_counter()
         batch = store.get(batch_ids(ids, batch_size=config.batch_size, index=step, seed=config.seed))
-        result = sft_step(model, processor, optimizer, scheduler, batch, max_grad_norm=config.max_grad_norm)
+        result = sft_step(model, processor, optimizer, scheduler, batch, max_grad_norm=config.max_grad_norm,
+                          compute_dtype=dtype)
         step += 1
         failpoint("sft", step)  # crash tests: killed after an update, before its checkpoint
         skipped += 0 if result.applied else 1
