@@ -11,6 +11,7 @@ import torch
 import transformers
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from care.errors import CareError
 from care.train.checkpoint import (
     CheckpointError,
     TrainingState,
@@ -224,3 +225,66 @@ def test_unchanged_processor_is_linked_and_equals_a_fresh_save(tmp_path, tiny_mo
     victim.write_text(victim.read_text().replace("{", "{ ", 1))
     again = save_checkpoint(tmp_path / "c", policy=model, processor=processor, processor_from=first)
     assert is_complete(again) and _files(again) == _files(fresh)
+
+
+def test_retention_keeps_the_newest_and_every_mth_and_ignores_incomplete(tmp_path):
+    from care.train.checkpoint import prune_checkpoints
+
+    model, *_ = _setup()
+    for n in (0, 1, 2, 3, 4, 5, 6):
+        save_checkpoint(tmp_path / f"iter-{n:05d}", policy=model, state=TrainingState(iteration=n))
+    (tmp_path / "iter-00007").mkdir()  # no manifest: never a candidate (a write may still be finishing it)
+    (tmp_path / ".tmp-iter-00008-abcd").mkdir()
+    removed = prune_checkpoints(tmp_path, 2, keep_every=3)
+    assert sorted(p.name for p in removed) == ["iter-00000", "iter-00001", "iter-00002", "iter-00004"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-iter-00008-abcd", "iter-00003", "iter-00005",
+                                                         "iter-00006", "iter-00007"]
+    assert prune_checkpoints(tmp_path, 0) == []  # 0 keeps all
+
+
+def test_size_check_is_cheap_and_full_check_reads_every_byte(tmp_path):
+    model, *_ = _setup()
+    ckpt = save_checkpoint(tmp_path / "c", policy=model)
+    weights = ckpt / "policy" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # same size, one bit pattern changed
+    weights.write_bytes(bytes(data))
+    assert is_complete(ckpt, full=False)  # the per-iteration bookkeeping check: presence and sizes
+    assert not is_complete(ckpt)  # loading verifies every byte
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_checkpoint_state(ckpt)
+
+
+def test_background_write_holds_the_snapshot_not_the_live_weights(tmp_path, tiny_model_dir):
+    """The trainer goes on updating its weights while a background write runs; the checkpoint holds the values
+    of when it was asked for, and a failed write surfaces at the next wait."""
+    from safetensors.torch import load_file
+
+    from care.train.trainer import WRITER, restore, save_trainer
+
+    ck0 = save_checkpoint(tmp_path / "iter-00000", policy=_load(tiny_model_dir), reference=_load(tiny_model_dir),
+                          processor=transformers.AutoProcessor.from_pretrained(tiny_model_dir))
+    trainer = restore(ck0, device=torch.device("cpu"), state_id="s0")
+    with torch.no_grad():
+        for p in trainer.policy.parameters():
+            p.add_(1.0)
+    want = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    save_trainer(trainer, tmp_path / "iter-00001", background=True)
+    with torch.no_grad():  # the next iteration's update, while the write may still run
+        for p in trainer.policy.parameters():
+            p.mul_(0.0)
+    done = WRITER.wait()
+    assert [d["path"] for d in done] == [str(tmp_path / "iter-00001")]
+    got = load_file(tmp_path / "iter-00001" / "policy" / "model.safetensors")
+    assert all(torch.equal(got[k], want[k]) for k in got)
+    assert is_complete(tmp_path / "iter-00001")
+    WRITER.submit(lambda: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(CareError, match="disk full"):
+        WRITER.wait()
+    assert WRITER.wait() == []  # reported once
+
+
+def _load(folder):
+    from care.models.loading import load_model
+
+    return load_model(folder, dtype=torch.float32)

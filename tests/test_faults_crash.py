@@ -4,9 +4,11 @@ real processes, and re-run; the end state equals an uninterrupted run with the s
 One workspace is killed at each failpoint (``care.failpoints``) in pipeline order, each kill in its own ``care``
 process that resumes what the previous one left: preprocessing (after 3 files cached), evaluation (the base
 checkpoint's first level, before its Parquet), SFT (after step 2, before its checkpoint), an SFT checkpoint
-write (files written, not renamed), an RL rollout, scoring, optimisation (iteration 1, after the backward
-passes) and an RL checkpoint write. A last run completes. Then the final SFT and RL checkpoints, the rollout
-log, every evaluation's predictions and the catalog equal those of an uninterrupted run in another workspace.
+write (files written, not renamed), then RL at ``checkpoint_every: 2`` over 4 iterations: a rollout, an
+optimisation between checkpoints (its state only in memory), the background write of the iter-2 checkpoint,
+scoring between checkpoints (after a resume that replayed), the last optimisation before its checkpoint, and
+the last checkpoint write. A last run completes. Then the final SFT and RL checkpoints, the rollout log, every
+evaluation's predictions and the catalog equal those of an uninterrupted run in another workspace.
 
 The processes share one Prefect server (``PREFECT_API_URL``) so each pays only its imports; the private per-
 command server and its death with a killed command are tested in ``test_faults_orphans.py``. About 4-6 minutes
@@ -48,7 +50,7 @@ def _config(path: Path, data_root: Path, model: Path) -> Path:
            "evaluate": ["base", "sft", "rl"],
            "sft": {"shuffle_options": False, "steps": 3, "batch_size": 4, "learning_rate": 2e-3,
                    "checkpoint_every": 1, "log_every": 1, "check_prompts": 0, "keep_checkpoints": 0},
-           "rl": {"shuffle_options": False, "iterations": 2,
+           "rl": {"shuffle_options": False, "iterations": 4, "checkpoint_every": 2,
                   "rollout": {"group_size": 4, "prompts_per_iteration": 2, "sampling": {"max_new_tokens": 12}},
                   "optim": {"learning_rate": 1e-3, "micro_batch_size": 8, "ema_every": 1}},
            "eval": {"decoding": {"max_new_tokens": 12}, "batch_size": 8}}
@@ -98,32 +100,47 @@ def _after_sft_checkpoint_write(home: Path) -> None:
     assert list(ckpts.glob(".tmp-step-00002-*")), "the killed write leaves its temp folder"
 
 
+def _rl_checkpoints(home: Path) -> list[str]:
+    return sorted(p.name for p in _only("runs/grpo-care-*/checkpoints", home).glob("iter-*") if is_complete(p))
+
+
 def _after_rollout(home: Path) -> None:
     assert not list(home.glob("rollouts/run=*/iteration=0/generated.parquet"))
-    assert is_complete(_only("runs/grpo-care-*/checkpoints/iter-00000", home))
+    assert _rl_checkpoints(home) == ["iter-00000"]
 
 
-def _after_scoring(home: Path) -> None:
-    assert _only("rollouts/run=*/iteration=0/generated.parquet", home)
-    assert not list(home.glob("rollouts/run=*/iteration=0/scored.parquet"))
+def _after_optimise_between(home: Path) -> None:
+    assert _only("rollouts/run=*/iteration=0/scored.parquet", home)
+    assert _rl_checkpoints(home) == ["iter-00000"]  # iteration 1 writes none: its state was only in memory
 
 
-def _after_optimise(home: Path) -> None:
-    ckpts = _only("runs/grpo-care-*/checkpoints", home)
-    assert latest_complete(ckpts)[0] == 1
-    assert _only("rollouts/run=*/iteration=1/scored.parquet", home)
+def _after_background_write(home: Path) -> None:
+    assert _rl_checkpoints(home) == ["iter-00000"]
+    assert list(_only("runs/grpo-care-*/checkpoints", home).glob(".tmp-iter-00002-*"))
 
 
-def _after_rl_checkpoint_write(home: Path) -> None:
-    ckpts = _only("runs/grpo-care-*/checkpoints", home)
-    assert latest_complete(ckpts)[0] == 1
-    assert list(ckpts.glob(".tmp-iter-00002-*"))
+def _after_scoring_between(home: Path) -> None:
+    # the re-run rewrote iter-2 in the background; whether it finished before this kill is a race
+    assert _rl_checkpoints(home) in (["iter-00000"], ["iter-00000", "iter-00002"])
+    assert _only("rollouts/run=*/iteration=2/generated.parquet", home)
+    assert not list(home.glob("rollouts/run=*/iteration=2/scored.parquet"))
+
+
+def _after_last_optimise(home: Path) -> None:
+    assert _only("rollouts/run=*/iteration=3/scored.parquet", home)
+    assert _rl_checkpoints(home) in (["iter-00000"], ["iter-00000", "iter-00002"])
+
+
+def _after_last_checkpoint_write(home: Path) -> None:
+    assert _rl_checkpoints(home) in (["iter-00000"], ["iter-00000", "iter-00002"])
+    assert list(_only("runs/grpo-care-*/checkpoints", home).glob(".tmp-iter-00004-*"))
 
 
 KILLS = [("preprocess@3", _after_preprocess), ("evaluation", _after_evaluation), ("sft@2", _after_sft),
          ("checkpoint-write@0", _after_sft_checkpoint_write), ("rollout@0", _after_rollout),
-         ("scoring@0", _after_scoring), ("optimise@1", _after_optimise),
-         ("checkpoint-write@2", _after_rl_checkpoint_write)]
+         ("optimise@0", _after_optimise_between), ("checkpoint-write@2", _after_background_write),
+         ("scoring@2", _after_scoring_between), ("optimise@3", _after_last_optimise),
+         ("checkpoint-write@4", _after_last_checkpoint_write)]
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +160,8 @@ def runs(setup):
 
 def test_final_checkpoints_equal_an_uninterrupted_run(runs):
     clean, crashed = runs
-    for pattern in ("runs/sft-*/checkpoints/step-00003", "runs/grpo-care-*/checkpoints/iter-00002"):
+    for pattern in ("runs/sft-*/checkpoints/step-00003", "runs/grpo-care-*/checkpoints/iter-00002",
+                    "runs/grpo-care-*/checkpoints/iter-00004"):
         want, got = _only(pattern, clean), _only(pattern, crashed)
         assert is_complete(got)
         assert_same_tensors(checkpoint_tensors(want), checkpoint_tensors(got))

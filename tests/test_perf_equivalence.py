@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from care.algo.likelihood import token_log_probs
 from care.models.generation import Decoding, sample_completions
-from care.models.inputs import encode_prompt_completions, encode_prompts, model_inputs
+from care.models.inputs import completion_target_mask, encode_prompt_completions, encode_prompts, model_inputs
 from care.models.loading import (
     enable_activation_checkpointing,
     load_model,
@@ -32,7 +32,6 @@ from care.store.rollout_log import read_rows
 from care.train import warm
 from care.train.checkpoint import make_initial_checkpoint
 from care.train.config import OptimConfig, RLConfig, RolloutConfig, SamplingParams, ScoringConfig
-from care.models.inputs import completion_target_mask
 from care.train.optimise import load_scored_batch
 from care.train.optimise_stage import optimise
 from care.train.replay import materialise

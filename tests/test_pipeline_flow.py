@@ -84,5 +84,7 @@ def test_real_data_config_in_data_folder_is_valid():
     from care.config import load_config
 
     config = load_config(PipelineConfig, Path(__file__).parents[1] / "data" / "seedbench_r1.yaml")
-    assert config.rl_config("m", "d").rollout.backend == "vllm"
+    rl = config.rl_config("m", "d")
+    assert rl.rollout.backend == "vllm"
+    assert (rl.checkpoint_every, rl.keep_checkpoints, rl.keep_every) == (10, 2, 250)  # bounded disk at 7B
     assert config.eval_config("c", "d", "base").frames.nframes == 16
