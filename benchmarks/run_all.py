@@ -38,6 +38,7 @@ def benchmarks(workdir: Path) -> dict[str, tuple[str, list[str], bool]]:
             "--json", "--name", "rl_step_vs_trl_long_prompts", "--image-pixels", str(LONG_PROMPT_PIXELS),
             "--G", "8", "--prompts", "2", "--skip-video", *shared], True),
         "scale_curve": ("scale_curve", ["--json", *shared], True),
+        "checkpoint_io": ("checkpoint_io", ["--json"], False),
     }
 
 
