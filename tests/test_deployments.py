@@ -207,7 +207,8 @@ def test_deploy_worker_and_scheduled_retraining(stack, demo_root, tiny_model_dir
     assert counts[2][:2] == (counts[1][0] + 1, counts[1][1] + 1) and counts[2][2] == 1  # only the added video
     ws = Workspace.at(tmp_path / "care_home")
     checkpoints = sorted(p.name for p in (ws.run_dir("retrain-test") / "checkpoints").iterdir())
-    assert checkpoints == ["iter-00000", "iter-00001", "iter-00002", "iter-00003"]
+    # each round ends with a checkpoint (and evaluates it); retention keeps the newest 2 (keep_checkpoints)
+    assert checkpoints == ["iter-00002", "iter-00003"]
     labels = catalog.query("select distinct label from eval_results where run_id = 'retrain-test' order by 1",
                            path=ws.catalog_path)
     assert labels == [("iter-00001",), ("iter-00002",), ("iter-00003",)]

@@ -18,7 +18,8 @@ def export_command(
     push_to_hub: str = typer.Option(None, "--push-to-hub", help="Also upload to this Hub repo (network and token)."),
 ) -> None:
     """Export a training checkpoint: consolidated safetensors, processor, chat template, generation config."""
-    from care.train.export import export_checkpoint, push_to_hub as push, resolve_checkpoint
+    from care.train.export import export_checkpoint, resolve_checkpoint
+    from care.train.export import push_to_hub as push
 
     source = resolve_checkpoint(checkpoint, state(ctx).workspace.runs_dir)
     result = export_checkpoint(source, out, dtype=dtype, overwrite=overwrite)

@@ -8,6 +8,7 @@ Also here: the token ids generation must never sample (vision placeholders and t
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from transformers.utils import logging as hf_logging
 from care.errors import CareError
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+DCP_POINTER = "dcp.json"  # in a model folder whose weights are shards of a torch.distributed.checkpoint
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_pad|>")
 
@@ -84,6 +86,8 @@ def load_model(path: str | Path, *, dtype: str | torch.dtype | None = None, devi
     checkpoint loads as bf16); pass torch.float32 for trainable master weights, torch.bfloat16 for inference.
     """
     folder = _local_folder(path)
+    if folder is not None and (folder / DCP_POINTER).is_file():
+        return _load_from_dcp(folder, dtype=dtype, device=device)
     if folder is not None:
         _require(folder, ("config.json",), "config")
         _require(folder, WEIGHT_FILES, "weights")
@@ -133,3 +137,28 @@ def suppressed_token_ids(processor_or_tokenizer) -> list[int]:
     eos = tok.eos_token_id
     special = {i for i, added in tok.added_tokens_decoder.items() if added.special}
     return sorted((special | set(vision_token_ids(tok))) - {eos})
+
+
+def _load_from_dcp(folder: Path, *, dtype, device):
+    """A model folder of a sharded checkpoint: the architecture from its config, the weights read (and
+    resharded to this process) from the ``torch.distributed.checkpoint`` its ``dcp.json`` names."""
+    import json
+
+    import torch.distributed.checkpoint as dcp
+    from transformers import AutoConfig
+
+    pointer = json.loads((folder / DCP_POINTER).read_text())
+    state_dir = (folder / pointer["state"]).resolve()
+    if not (state_dir / ".metadata").is_file():
+        raise ModelLoadError(f"{folder}: {DCP_POINTER} names {state_dir}, which holds no checkpoint (.metadata)")
+    config = AutoConfig.from_pretrained(folder)
+    # built on the CPU and then overwritten: simple, at the cost of one random init (meta-device construction
+    # would skip it but must rebuild the non-persistent rotary buffers by hand)
+    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        dcp.load({pointer["key"]: model.state_dict()}, checkpoint_id=str(state_dir))
+    resolved = _dtype(dtype)
+    if isinstance(resolved, torch.dtype):
+        model = model.to(dtype=resolved)
+    return model.to(device).eval()

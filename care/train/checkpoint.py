@@ -136,7 +136,7 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- manifest
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -144,10 +144,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def manifest_entries(folder: Path) -> dict[str, dict[str, Any]]:
-    """{relative path: {"sha256", "size"}} of every file under ``folder`` but the manifest."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    return {str(p.relative_to(folder)): {"sha256": _sha256(p), "size": p.stat().st_size} for p in files}
+def manifest_entries(folder: Path, *, skip: set[str] = frozenset()) -> dict[str, dict[str, Any]]:
+    """{relative path: {"sha256", "size"}} of every file under ``folder`` but the manifest (and ``skip``)."""
+    files = sorted(p for p in folder.rglob("*")
+                   if p.is_file() and p.name != MANIFEST and str(p.relative_to(folder)) not in skip)
+    return {str(p.relative_to(folder)): {"sha256": sha256_file(p), "size": p.stat().st_size} for p in files}
 
 
 def write_manifest(folder: Path, entries: dict[str, dict[str, Any]] | None = None) -> None:
@@ -156,7 +157,7 @@ def write_manifest(folder: Path, entries: dict[str, dict[str, Any]] | None = Non
 
 
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".index.json")
-MODEL_FILE_NAMES = ("config.json", "generation_config.json")
+MODEL_FILE_NAMES = ("config.json", "generation_config.json", "dcp.json")  # dcp.json: a sharded checkpoint's pointer
 
 
 def _is_model_file(name: str) -> bool:
@@ -206,7 +207,7 @@ def verify_manifest(folder: Path, *, full: bool = True) -> None:
             raise CheckpointError(f"{path}: listed in {MANIFEST} but missing; delete the checkpoint and re-run")
         if path.stat().st_size != info["size"]:
             raise CheckpointError(f"{path}: truncated ({path.stat().st_size} of {info['size']} bytes)")
-        if full and _sha256(path) != info["sha256"]:
+        if full and sha256_file(path) != info["sha256"]:
             raise CheckpointError(f"{path}: checksum mismatch; the file was altered or corrupted")
 
 

@@ -91,6 +91,10 @@ class OptimConfig(StageConfig):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 on a GPU that supports it, else fp32.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
     num_processes: int = Field(1, ge=1, description="Data-parallel processes (torchrun) for the update.")
+    parallelism: Literal["ddp", "fsdp2"] = Field(
+        "ddp", description="With num_processes > 1: 'ddp' keeps the whole fp32 state on every rank; 'fsdp2' shards "
+        "policy, reference and AdamW moments over the ranks (torch fully_shard) and writes sharded checkpoints "
+        "(torch.distributed.checkpoint), which a 7B model needs.")
 
 
 # options that do not change what is trained stay out of a run's identity: the same run can be continued with

@@ -37,6 +37,7 @@ from care.algo.ema import ReferenceUpdater, unwrap_model
 from care.algo.likelihood import token_log_probs
 from care.algo.losses import policy_loss
 from care.data.schema import Sample
+from care.errors import CareError
 from care.media.frame_cache import FrameCache
 from care.models.inputs import completion_target_mask, encode_prompt_completions, model_inputs
 from care.models.loading import enable_activation_checkpointing
@@ -129,10 +130,9 @@ def _micro_step(scorer, reference, processor, accelerator, rows, samples, cache,
     width = mask.shape[1]
     old = _pad([r["behaviour_logprobs"] for r in rows], width).to(device) if use_behaviour else None
     ref_logp = None
-    if config.kl_beta > 0:
+    if config.kl_beta > 0:  # ``reference``: a CompletionLogProbs (the sharded root under FSDP2)
         with torch.no_grad(), autocast(device, compute_dtype):
-            ref_logp = token_log_probs(reference, inputs, target, temperature=temperature,
-                                       shared_prompts=batch["shared_prompts"]).logp[:, p:]
+            ref_logp = reference(inputs, target, temperature, batch["shared_prompts"])[0][:, p:]
     adv = torch.tensor([r["advantage"] for r in rows], dtype=torch.float32, device=device)
     out = policy_loss(logp, adv, mask, old_logp=old, ref_logp=ref_logp, eps_low=config.eps_low,
                       eps_high=config.eps_high, kl_beta=config.kl_beta, kl_estimator=config.kl_estimator,
@@ -152,6 +152,27 @@ def _set_activation_checkpointing(policy: nn.Module, on: bool) -> None:
     policy.config.use_cache = not on
 
 
+def _shard(trainer: Trainer, device: torch.device) -> None:
+    """Shard policy and reference over the ranks with FSDP2 (``care.train.sharded``), once per trainer."""
+    if trainer.scorer is not None:
+        return
+    from care.train.sharded import device_mesh, shard_model
+
+    if trainer.optimizer is not None:
+        raise CareError("the trainer's optimizer exists already; shard before building it")
+    mesh = device_mesh(device)
+    trainer.scorer, trainer.ref_scorer = CompletionLogProbs(trainer.policy), CompletionLogProbs(trainer.reference)
+    shard_model(trainer.policy, trainer.scorer, mesh)
+    shard_model(trainer.reference, trainer.ref_scorer, mesh)
+
+
+def _clip(module: nn.Module, max_norm: float) -> float:
+    """Clip the gradient norm over all ranks' shards; the global norm."""
+    norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+    full = getattr(norm, "full_tensor", None)
+    return float(full() if callable(full) else norm)
+
+
 def update_steps(trainer: Trainer, *, rows: list[dict], samples: Mapping[str, Sample], cache: FrameCache,
                  config: OptimConfig, total_steps: int, temperature: float, max_new_tokens: int,
                  iteration: int) -> list[dict]:
@@ -164,12 +185,19 @@ def update_steps(trainer: Trainer, *, rows: list[dict], samples: Mapping[str, Sa
     compute_dtype = resolve_dtype(config.precision, device)
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="no")  # autocast is ours (toolkit)
     world, rank = accelerator.num_processes, accelerator.process_index
+    fsdp = config.parallelism == "fsdp2" and world > 1
+    policy, processor = trainer.policy, trainer.processor
+    if fsdp:
+        _shard(trainer, device)  # once per trainer; the optimizer is built over the sharded parameters
     ensure_optimizer(trainer, config, total_steps)
-    policy, reference, processor = trainer.policy, trainer.reference, trainer.processor
     if config.gradient_checkpointing:
         _set_activation_checkpointing(policy, True)
     policy.train()
-    scorer, optimizer = accelerator.prepare(CompletionLogProbs(policy), trainer.optimizer)
+    if fsdp:
+        scorer, optimizer, reference = trainer.scorer, trainer.optimizer, trainer.ref_scorer
+    else:
+        scorer, optimizer = accelerator.prepare(CompletionLogProbs(policy), trainer.optimizer)
+        reference = CompletionLogProbs(trainer.reference)
     scheduler = trainer.scheduler
     updater = ReferenceUpdater(mode=config.ref_mode, decay=config.ema_decay, every=config.ema_every)
 
@@ -197,13 +225,14 @@ def update_steps(trainer: Trainer, *, rows: list[dict], samples: Mapping[str, Sa
                                                compute_dtype=compute_dtype)
             loss_sum += loss.double() * w * world
             acc.add(metrics, w * world)
-        grad_norm = float(accelerator.clip_grad_norm_(scorer.parameters(), config.max_grad_norm))
+        grad_norm = _clip(scorer, config.max_grad_norm) if fsdp else float(
+            accelerator.clip_grad_norm_(scorer.parameters(), config.max_grad_norm))
         loss_value = float(accelerator.reduce(loss_sum, reduction="sum")) / world if world > 1 else float(loss_sum)
         lr = scheduler.get_last_lr()[0]
         finite = step_if_finite(optimizer, scheduler, loss=loss_value, grad_norm=grad_norm)
         if finite:
             trainer.step += 1
-            if updater.maybe_update(reference, unwrap_model(scorer).policy, trainer.step):
+            if updater.maybe_update(trainer.reference, unwrap_model(scorer).policy, trainer.step):
                 trainer.ema_updates += 1
         else:
             trainer.skipped += 1

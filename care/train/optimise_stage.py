@@ -35,9 +35,10 @@ from care.train.optimise import load_scored_batch, update_steps
 from care.train.policy_io import checkpoint_id
 from care.train.replay import materialise
 from care.train.samples import DataSpec
+from care.train.sharded import save_sharded
 from care.train.state import PolicyState, ReplaySpec, advance, as_state
 from care.train.toolkit import default_device
-from care.train.trainer import WRITER, save_trainer
+from care.train.trainer import WRITER, save_trainer, training_state
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -66,7 +67,9 @@ def optimise(*, checkpoint_in: str | Path | PolicyState, rows: list[dict], sampl
     failpoint("optimise", iteration)
     trainer.state_id = state_out_id or ""
     out_path = None
-    if checkpoint_out is not None and rank == 0:
+    if checkpoint_out is not None and trainer.scorer is not None:  # FSDP2: every rank writes its shards
+        out_path = str(save_sharded(trainer, checkpoint_out, state=training_state(trainer, data_cursor)))
+    elif checkpoint_out is not None and rank == 0:
         out_path = str(save_trainer(trainer, checkpoint_out, data_cursor=dict(data_cursor or {}),
                                     background=background and world == 1, after=after_write))
         if not state_out_id:

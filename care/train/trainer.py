@@ -16,6 +16,7 @@ Face folder from any of them.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from care.errors import CareError
@@ -59,6 +61,8 @@ class Trainer:
     source: Path | None = None  # the newest checkpoint these weights descend from
     source_ema_updates: int = 0  # ema_updates at ``source``: equal means the reference is still source's
     source_step: int = 0
+    scorer: nn.Module | None = None  # FSDP2: the sharded root wrapping the policy (care.train.sharded)
+    ref_scorer: nn.Module | None = None  # FSDP2: the same for the reference
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -89,9 +93,27 @@ def ensure_optimizer(trainer: Trainer, config: OptimConfig, total_steps: int) ->
     scheduler = make_scheduler(optimizer, kind=config.lr_scheduler, warmup_steps=config.warmup_steps,
                                total_steps=total_steps)
     source = trainer.source
-    if source is not None and (source / "optimizer.safetensors").is_file():
-        load_checkpoint_state(source, optimizer=optimizer, scheduler=scheduler, restore_rng_state=False)
+    if source is not None and trainer.step == trainer.source_step:
+        _load_optimizer(trainer, optimizer, scheduler, source)
     trainer.optimizer, trainer.scheduler, trainer.signature = optimizer, scheduler, signature
+
+
+def _load_optimizer(trainer: Trainer, optimizer, scheduler, source: Path) -> None:
+    """AdamW and schedule state of ``source`` (a one-process or a sharded checkpoint) into the trainer's
+    (one-process or sharded) optimizer."""
+    from care.train import sharded
+
+    sharded_params = any(hasattr(p, "to_local") for p in trainer.policy.parameters())
+    if sharded.is_sharded_checkpoint(source):
+        sharded.load_sharded_optimizer(trainer.policy, optimizer, source)
+    elif (source / "optimizer.safetensors").is_file() and sharded_params:
+        tensors = load_file(source / "optimizer.safetensors")
+        sharded.load_full_optimizer(trainer.policy, optimizer, tensors,
+                                    json.loads((source / "optimizer.json").read_text()))
+    elif (source / "optimizer.safetensors").is_file():
+        load_checkpoint_state(source, optimizer=optimizer, restore_rng_state=False)
+    if (source / "scheduler.json").is_file():
+        scheduler.load_state_dict(json.loads((source / "scheduler.json").read_text()))
 
 
 def training_state(trainer: Trainer, data_cursor: dict | None) -> TrainingState:
