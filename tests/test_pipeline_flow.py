@@ -87,4 +87,5 @@ def test_real_data_config_in_data_folder_is_valid():
     rl = config.rl_config("m", "d")
     assert rl.rollout.backend == "vllm"
     assert (rl.checkpoint_every, rl.keep_checkpoints, rl.keep_every) == (10, 2, 250)  # bounded disk at 7B
+    assert (rl.optim.num_processes, rl.optim.parallelism, rl.optim.precision) == (8, "fsdp2", "bf16")
     assert config.eval_config("c", "d", "base").frames.nframes == 16

@@ -17,8 +17,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from tests.fault_helpers import PrefectServer, care, sql
 from tests.rl_helpers import cache_demo
-from tests.test_rl_flow import _care, _sql
 
 P, G, ITERATIONS, K = 2, 4, 7, 3
 
@@ -50,25 +50,35 @@ def _shards(home: Path) -> dict[str, tuple[int, int]]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, demo_root, tiny_model_dir):
+    # one Prefect server for the module's 4 `care rl` processes, so each pays only its imports
+    server = PrefectServer(tmp_path_factory.mktemp("prefect"))
+    try:
+        yield _run_all(tmp_path_factory, demo_root, tiny_model_dir, server.env)
+    finally:
+        server.stop()
+
+
+def _run_all(tmp_path_factory, demo_root, tiny_model_dir, server_env: dict) -> dict:
     clean = tmp_path_factory.mktemp("clean")
     cache_demo(clean, demo_root)
-    proc = _care(clean, "rl", "--config", str(_config(clean, demo_root, tiny_model_dir)))
+    proc = care(clean, "rl", "--config", str(_config(clean, demo_root, tiny_model_dir)), env=server_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     crashed = tmp_path_factory.mktemp("crashed")
     cache_demo(crashed, demo_root)
     config = _config(crashed, demo_root, tiny_model_dir)
-    between = _care(crashed, "rl", "--config", str(config), env={"CARE_FAILPOINT": "optimise@4"})
+    between = care(crashed, "rl", "--config", str(config), env={**server_env, "CARE_FAILPOINT": "optimise@4"})
     assert between.returncode == -9, between.stderr[-2000:]
     assert sorted(p.name for p in _ckpts(crashed).glob("iter-*")) == ["iter-00000", "iter-00003"]
     logged = _shards(crashed)
     assert len(logged) == 2 * 5  # iterations 0-4 generated and scored; iteration 4's update was lost
-    boundary = _care(crashed, "rl", "--config", str(config), env={"CARE_FAILPOINT": "checkpoint-write@6"})
+    boundary = care(crashed, "rl", "--config", str(config),
+                    env={**server_env, "CARE_FAILPOINT": "checkpoint-write@6"})
     assert boundary.returncode == -9, boundary.stderr[-2000:]
     assert list(_ckpts(crashed).glob(".tmp-iter-00006-*")), "the killed background write leaves its temp folder"
     assert not (_ckpts(crashed) / "iter-00006").exists()
     after_kills = _shards(crashed)
-    final = _care(crashed, "rl", "--config", str(config))
+    final = care(crashed, "rl", "--config", str(config), env=server_env)
     assert final.returncode == 0, final.stderr[-3000:]
     return {"clean": clean, "crashed": crashed, "logged": logged, "after_kills": after_kills,
             "between": between.stdout + between.stderr, "boundary": boundary.stdout + boundary.stderr,
@@ -79,9 +89,9 @@ def test_checkpoints_only_every_k_iterations_and_retention(runs):
     clean = runs["clean"]
     # written: 0 (start), 3, 6, 7 (the last); kept: the newest 2 (6, 7) plus every 3rd (3, 6)
     assert sorted(p.name for p in _ckpts(clean).iterdir()) == ["iter-00003", "iter-00006", "iter-00007"]
-    rows = _sql(clean, "select name, iteration from checkpoints order by name")
+    rows = sql(clean, "select name, iteration from checkpoints order by name")
     assert rows == [{"name": f"iter-{n:05d}", "iteration": n} for n in (3, 6, 7)]
-    assert _sql(clean, "select count(*) as n from rollouts") == [{"n": ITERATIONS * P * G}]
+    assert sql(clean, "select count(*) as n from rollouts") == [{"n": ITERATIONS * P * G}]
 
 
 def test_resume_replays_updates_and_never_resamples_or_rescores(runs):
@@ -110,7 +120,7 @@ def test_catalog_matches_an_uninterrupted_run(runs):
     for query in ("select name, step, iteration from checkpoints order by name",
                   "select iteration, stage, status from stages order by all",
                   "select count(*) as n, count(distinct rollout_uid) as u from rollouts"):
-        assert _sql(crashed, query) == _sql(clean, query), query
+        assert sql(crashed, query) == sql(clean, query), query
     for home in (clean, crashed):
         stray = [p for p in _ckpts(home).iterdir() if p.name.startswith(".tmp-")]
         assert all(p.name.startswith(".tmp-iter-00006") for p in stray), stray

@@ -51,7 +51,8 @@ def optimise(*, checkpoint_in: str | Path | PolicyState, rows: list[dict], sampl
              data_cursor: Mapping | None = None, background: bool = False,
              after_write: Callable[[Path], Any] | None = None) -> dict:
     """Update the state ``checkpoint_in`` (a checkpoint path or a PolicyState) on ``rows``: restore, update
-    steps, then save to ``checkpoint_out`` when given (rank 0). The new state is named ``state_out_id``
+    steps, then save to ``checkpoint_out`` when given (rank 0 for DDP; every rank its shards under FSDP2). The
+    new state is named ``state_out_id``
     (default: the written checkpoint's content id) and, in one process, kept resident.
 
     Returns {"steps": [...per-step metrics...], "checkpoint": path or None, "step", "state_id", "seconds",

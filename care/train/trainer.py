@@ -9,6 +9,9 @@ What a checkpoint holds, and in which dtype (docs/scaling.md, "What a checkpoint
 - ``state.json``: optimizer step, iteration, data cursor, EMA / skip counters and the ``state_id``
   (``care.train.state``) that names this state in the rollout and score rows.
 
+Under FSDP2 (``care.train.sharded``) the tensors are shards in ``state/`` (``torch.distributed.checkpoint``, one
+file per rank) and ``policy/`` / ``reference/`` hold configs and a ``dcp.json`` pointer instead of weights.
+
 The starting checkpoint (``iter-00000``) keeps the starting model's own dtype (a bf16 hub checkpoint stays bf16:
 upcasting is exact, so nothing is lost); every later one is fp32. ``care export`` writes a bf16 or fp32 Hugging
 Face folder from any of them.
