@@ -130,6 +130,8 @@ def main() -> None:
         if not (folder / "config.json").is_file():
             make_tiny_model(folder, corpus=corpus, **dims)
         results.append(measure(name, folder, work, a.K))
+    if a.workdir is None:  # the models and checkpoints (GBs for the large one) are scratch
+        shutil.rmtree(work, ignore_errors=True)
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "torch": torch.__version__, "K": a.K, "models": results}
     if a.json:
