@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 
 import torch
@@ -85,7 +86,9 @@ def _optimizer_template(model: nn.Module, optimizer: torch.optim.Optimizer) -> d
 def load_sharded_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, checkpoint: str | Path) -> None:
     """AdamW state of a sharded checkpoint into ``optimizer`` (sharded or not: DCP reshards)."""
     template = {"optimizer": _optimizer_template(model, optimizer)}
-    dcp.load(template, checkpoint_id=str(Path(checkpoint) / STATE_DIR))
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": in one, it is
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        dcp.load(template, checkpoint_id=str(Path(checkpoint) / STATE_DIR))
     set_optimizer_state_dict(model, optimizer, template["optimizer"])
 
 
