@@ -286,11 +286,8 @@ def save_checkpoint(
             _write_json(tmp / "optimizer.json", meta)
         if scheduler is not None or scheduler_state is not None:
             _write_json(tmp / "scheduler.json", scheduler_state or capture_scheduler(scheduler))
-        rng_tensors, rng_meta = rng_state or capture_rng()
-        save_file(rng_tensors, tmp / "rng.safetensors")
-        _write_json(tmp / "rng.json", rng_meta)
         st = state or TrainingState()
-        _write_json(tmp / "state.json", {"format_version": FORMAT_VERSION, **st.__dict__})
+        write_rng_and_state(tmp, st, rng_state)
         entries = manifest_entries(tmp)
         for part, (_, expected) in reused.items():
             if any(entries.get(name) != info for name, info in expected.items()):  # source altered since written
@@ -305,19 +302,34 @@ def save_checkpoint(
                         processor.save_pretrained(tmp / "policy")
                 entries = manifest_entries(tmp)
         write_manifest(tmp, entries)
-        _fsync_tree(tmp, skip=hard_linked)
-        failpoint("checkpoint-write", st.iteration)
-        if folder.exists():
-            trash = folder.parent / f".trash-{folder.name}-{uuid.uuid4().hex[:8]}"
-            folder.rename(trash)
-            tmp.rename(folder)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(folder)
+        publish(tmp, folder, iteration=st.iteration, already_durable=hard_linked)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def write_rng_and_state(tmp: Path, state: TrainingState,
+                        rng_state: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None) -> None:
+    """The RNG states (now, or the given snapshot) and ``state.json`` of a checkpoint being written."""
+    rng_tensors, rng_meta = rng_state or capture_rng()
+    save_file(rng_tensors, tmp / "rng.safetensors")
+    _write_json(tmp / "rng.json", rng_meta)
+    _write_json(tmp / "state.json", {"format_version": FORMAT_VERSION, **state.__dict__})
+
+
+def publish(tmp: Path, folder: Path, *, iteration: int, already_durable: set[str] = frozenset()) -> None:
+    """fsync a fully written (manifested) temp folder and rename it to ``folder``, replacing a complete one
+    only once the new one is whole."""
+    _fsync_tree(tmp, skip=already_durable)
+    failpoint("checkpoint-write", iteration)
+    if folder.exists():
+        trash = folder.parent / f".trash-{folder.name}-{uuid.uuid4().hex[:8]}"
+        folder.rename(trash)
+        tmp.rename(folder)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        tmp.rename(folder)
 
 
 def read_training_state(folder: str | Path) -> TrainingState:

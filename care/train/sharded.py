@@ -19,7 +19,6 @@ has written. Such a checkpoint loads into one process (DCP reshards on load) and
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import uuid
 import warnings
@@ -36,16 +35,15 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from care.failpoints import failpoint
 from care.models.loading import DCP_POINTER, hf_progress_bars
 from care.train.checkpoint import (
-    FORMAT_VERSION,
-    capture_rng,
     capture_scheduler,
     manifest_entries,
+    publish,
     remove_stale_temps,
     sha256_file,
     write_manifest,
+    write_rng_and_state,
 )
 
 STATE_DIR = "state"
@@ -151,28 +149,10 @@ def save_sharded(trainer, folder: str | Path, *, state) -> Path:
                     (tmp / part / DCP_POINTER).write_text(json.dumps({"state": f"../{STATE_DIR}", "key": part}))
                 trainer.processor.save_pretrained(tmp / "policy")
             (tmp / "scheduler.json").write_text(json.dumps(capture_scheduler(trainer.scheduler), indent=2, sort_keys=True))
-            from safetensors.torch import save_file
-
-            rng_tensors, rng_meta = capture_rng()
-            save_file(rng_tensors, tmp / "rng.safetensors")
-            (tmp / "rng.json").write_text(json.dumps(rng_meta, indent=2, sort_keys=True))
-            (tmp / "state.json").write_text(json.dumps({"format_version": FORMAT_VERSION, **state.__dict__},
-                                                       indent=2, sort_keys=True))
+            write_rng_and_state(tmp, state)
             shards = {k: v for part in gathered for k, v in part.items()}
-            rest = {k: v for k, v in manifest_entries(tmp, skip=set(shards)).items()}
-            write_manifest(tmp, {**rest, **shards})
-            for p in tmp.rglob("*"):
-                if p.is_file():
-                    with p.open("rb") as fh:
-                        os.fsync(fh.fileno())
-            failpoint("checkpoint-write", state.iteration)
-            if folder.exists():
-                trash = folder.parent / f".trash-{folder.name}-{uuid.uuid4().hex[:8]}"
-                folder.rename(trash)
-                tmp.rename(folder)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                tmp.rename(folder)
+            write_manifest(tmp, {**manifest_entries(tmp, skip=set(shards)), **shards})
+            publish(tmp, folder, iteration=state.iteration)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
