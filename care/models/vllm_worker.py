@@ -1,7 +1,8 @@
 """The vLLM side of the ``vllm`` rollout backend: runs INSIDE the separate vLLM environment.
 
     python -m care.models.vllm_worker REQUEST.parquet RESPONSE.parquet --model CKPT/policy \\
-        [--tensor-parallel-size N] [--gpu-memory-utilization X] [--seed S] [--max-model-len L]
+        [--tensor-parallel-size N] [--gpu-memory-utilization X] [--seed S] [--max-model-len L] \\
+        [--dtype float32|bfloat16|float16|auto] [--enforce-eager]
 
 It may import only the standard library, numpy, pyarrow and vllm (``tests/test_vllm_backend.py`` checks this by
 scanning the imports): vLLM pins its own torch/transformers/fastapi, which conflict with the main environment, so
@@ -14,8 +15,8 @@ video frames as raw uint8 bytes + shape + their real sampling fps, the image as 
 sampling parameters. Response: one row per completion (``RESPONSE_SCHEMA``): token ids, text, finish reason,
 the engine's log-probs of the sampled tokens and the expanded prompt length.
 
-What this relies on in vLLM (read in vLLM's source and pull requests; vLLM cannot run on the machine this was
-written on, so ``test_vllm_rollouts_on_a_gpu`` is what confirms it end to end):
+What this relies on in vLLM (read in vLLM's source and pull requests, and exercised on CPU with the CPU build
+of vLLM by ``tests/test_vllm_cpu.py``; ``test_vllm_rollouts_on_a_gpu`` runs it on a CUDA GPU):
 - ``docs/features/multimodal_inputs.md`` ("Video Inputs"): videos go in ``multi_modal_data["video"]`` as NumPy
   frame arrays, images as arrays too.
 - The rate of the frames: Qwen2.5-VL's temporal M-RoPE spacing is ``second_per_grid_ts``, which the Hugging Face
@@ -49,7 +50,10 @@ import argparse
 import importlib.metadata
 import math
 import os
+import signal
 import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -216,11 +220,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.6)
     ap.add_argument("--seed", type=int, default=0, help="engine seed (each request also carries its own)")
     ap.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                    help="engine dtype; 'auto' lets vLLM choose (it downcasts fp32 checkpoints to bf16)")
+    ap.add_argument("--enforce-eager", action="store_true", help="no torch.compile / CUDA graphs")
     return ap.parse_args(argv)
+
+
+def watch_parent(interval: float = 0.5) -> threading.Thread | None:
+    """When this worker leads its own process group (``run_worker`` starts it so), kill the whole group (the
+    worker and the engine-core / worker processes vLLM forks) as soon as the process that started it is gone.
+
+    A thread, not a signal: ``PR_SET_PDEATHSIG`` reaches only this process and vLLM's children would live on,
+    holding their memory; the thread runs while the main thread waits in the engine's C code."""
+    if os.getpgrp() != os.getpid():
+        return None  # started from a shell or a test, in someone else's group: never kill that
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    thread = threading.Thread(target=watch, name="care-parent-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    watch_parent()
     requests = read_requests(args.request)  # a bad request file fails before the engine's minutes of start-up
     try:
         import vllm
@@ -229,12 +257,15 @@ def main(argv: list[str] | None = None) -> int:
                          "docs/vllm.md describes and point rollout.vllm_python at its python\n")
         return EXIT_NO_VLLM
     check_transformers()
+    params = [vllm.SamplingParams(**sampling_kwargs(r)) for r in requests]  # refused before the engine starts
+    sys.stderr.write(f"care.models.vllm_worker: vllm {vllm.__version__}, dtype {args.dtype}, "
+                     f"enforce_eager {args.enforce_eager}, {len(requests)} prompts\n")
     llm = vllm.LLM(
         model=args.model, tensor_parallel_size=args.tensor_parallel_size,
         gpu_memory_utilization=args.gpu_memory_utilization, limit_mm_per_prompt={"video": 1, "image": 1},
-        seed=args.seed, generation_config="vllm", max_model_len=args.max_model_len,
+        seed=args.seed, generation_config="vllm", max_model_len=args.max_model_len, dtype=args.dtype,
+        enforce_eager=args.enforce_eager,
     )
-    params = [vllm.SamplingParams(**sampling_kwargs(r)) for r in requests]
     outputs = llm.generate([engine_prompt(r) for r in requests], sampling_params=params, use_tqdm=False)
     write_table_atomic(args.response, response_rows(outputs), RESPONSE_SCHEMA)
     return 0
