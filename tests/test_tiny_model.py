@@ -170,3 +170,18 @@ def test_one_file_model_loads_and_checkpoints_without_transformers_bars(tiny_mod
     err = capfd.readouterr().err
     assert "Loading weights" not in err and "Writing model shards" not in err
     assert hf_logging.is_progress_bar_enabled()  # the setting is restored
+
+
+def test_cli_models_tiny_vllm_variant_has_head_dim_32(tmp_path, capsys):
+    from transformers import AutoConfig
+
+    from care.cli import main
+
+    main(["--json", "models", "tiny", str(tmp_path / "v"), "--variant", "vllm"])
+    assert json.loads(capsys.readouterr().out)["variant"] == "vllm"
+    text = AutoConfig.from_pretrained(tmp_path / "v").get_text_config()
+    assert text.hidden_size // text.num_attention_heads == 32  # what vLLM's attention accepts at the least
+    with pytest.raises(SystemExit) as err:
+        main(["models", "tiny", str(tmp_path / "x"), "--variant", "huge"])
+    assert err.value.code != 0 and "unknown variant 'huge'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -76,9 +76,11 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # click usage errors carry their own formatting
         import click
 
-        if isinstance(exc, click.ClickException):
+        # typer >= 0.25 raises its own copy of click's exceptions (typer.TyperException), not click's
+        usage_errors = (click.ClickException, *[c for c in (getattr(typer, "TyperException", None),) if c])
+        if isinstance(exc, usage_errors) and hasattr(exc, "show"):
             exc.show()
-            sys.exit(exc.exit_code)
+            sys.exit(getattr(exc, "exit_code", 2))
         raise
     if isinstance(code, int) and code != 0:
         sys.exit(code)
