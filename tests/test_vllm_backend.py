@@ -1,9 +1,9 @@
 """The ``vllm`` rollout backend: request/response files, rows, import hygiene of the worker, clear errors.
 
 Everything up to the engine runs here on CPU with the tiny model, the demo set and a real frame cache; the
-worker runs as a real subprocess (in this environment, which has no vLLM, so it must fail clearly). The test
-that runs vLLM itself is marked ``gpu`` and needs a CUDA GPU plus a vLLM environment: its python is
-``$CARE_VLLM_PYTHON`` (default ``.venv-vllm/bin/python`` in the checkout, see docs/vllm.md).
+worker runs as a real subprocess (in this environment, which has no vLLM, so it must fail clearly). The engine
+itself runs on CPU in ``tests/test_vllm_cpu.py`` (``make test-vllm``); the test here marked ``gpu`` runs it on a
+CUDA GPU with a vLLM environment whose python is ``$CARE_VLLM_PYTHON`` (default ``.venv-vllm/bin/python``).
 """
 
 from __future__ import annotations
@@ -252,14 +252,15 @@ def _gpu_and_vllm() -> bool:
 @pytest.mark.skipif(not _gpu_and_vllm(), reason="needs a CUDA GPU and vllm")
 def test_vllm_rollouts_on_a_gpu(tmp_path, demo_root):
     from care.data.demo import benchmark_corpus, demo_corpus
-    from care.models.tiny import make_tiny_model
+    from care.models.tiny import TINY_VARIANTS, make_tiny_model
 
     # head_dim 32 (hidden 128 / 4 heads): vLLM's GPU attention kernels do not take the default tiny model's 16
     model = make_tiny_model(tmp_path / "tiny", corpus=benchmark_corpus(demo_root) + demo_corpus(), seed=0,
-                            hidden_size=128, vision_hidden_size=128)
+                            **TINY_VARIANTS["vllm"])
     checkpoint = make_initial_checkpoint(model, tmp_path / "iter-00000")
     samples, cache = cached_samples(Path(demo_root), tmp_path / "cache", 4)
-    config = _config(vllm_python=_vllm_python(), group_size=4)
+    # fp32 in the engine: a GPU defaults to bf16 (engine_settings), whose gap was measured at 0.007-0.009
+    config = _config(vllm_python=_vllm_python(), group_size=4, vllm_dtype="float32")
     manifest = run_rollout_stage(run_id="g", iteration=0, checkpoint=checkpoint, samples=samples, cache=cache,
                                  config=config, seed=0, out_dir=tmp_path / "out")
     rows = pq.read_table(manifest["path"]).to_pylist()
@@ -267,6 +268,8 @@ def test_vllm_rollouts_on_a_gpu(tmp_path, demo_root):
     assert all(len(r["behaviour_logprobs"]) == r["completion_tokens"] > 0 for r in rows)
     # the engine sampled from the same distribution the HF forward scores (temperature 1, fp32 weights)
     assert manifest["engine_logprob_gap"] < 1e-2, manifest
+    assert (manifest["vllm_device"], manifest["vllm_dtype"], manifest["vllm_enforce_eager"]) == ("cuda", "float32",
+                                                                                                 False)
 
 
 def test_hf_backend_still_writes_its_shard_through_the_shared_row_builder(setup, tmp_path):
