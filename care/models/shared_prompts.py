@@ -21,6 +21,7 @@ Otherwise ``hidden_states`` returns None and the caller runs the plain forward.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -29,6 +30,12 @@ from torch import Tensor, nn
 from transformers import DynamicCache
 
 VISUAL_GRIDS = ("image_grid_thw", "video_grid_thw")
+
+
+def _cache_keyword(body: nn.Module) -> str:
+    # transformers after 5.17 renamed the decoder body's ``past_key_values`` argument to ``cache``; a name it
+    # does not know would land in its **kwargs unused, and the completion pass would run without the prompt
+    return "cache" if "cache" in inspect.signature(type(body).forward).parameters else "past_key_values"
 
 
 def _checkpointing(body: nn.Module) -> bool:
@@ -80,11 +87,12 @@ class SharedPrompts:
         first = torch.tensor([order.index(k) for k in range(self.inputs["input_ids"].shape[0])], device=device)
         prompts = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.inputs.items()}
         cache = DynamicCache(config=body.config)
-        head = body(**prompts, position_ids=position_ids[:, first, :p], cache=cache, use_cache=True)
+        key = _cache_keyword(body)
+        head = body(**prompts, position_ids=position_ids[:, first, :p], **{key: cache}, use_cache=True)
         last_prompt = head.last_hidden_state[:, -1:][rows]  # [b, 1, h]
         if inputs["input_ids"].shape[1] == p:  # no completion tokens at all
             return last_prompt, p - 1
         cache.reorder_cache(rows)  # [u, ...] -> [b, ...], repeats allowed; differentiable indexing
         tail = body(input_ids=inputs["input_ids"][:, p:], attention_mask=inputs["attention_mask"],
-                    position_ids=position_ids[:, :, p:], cache=cache, use_cache=True)
+                    position_ids=position_ids[:, :, p:], **{key: cache}, use_cache=True)
         return torch.cat([last_prompt, tail.last_hidden_state], dim=1), p - 1
