@@ -104,6 +104,7 @@ def load_annotations(
     if not path.is_file():
         raise AnnotationError(f"{path}: annotation file not found; check the data root layout (annotations/*.jsonl)")
     split = split or split_from_filename(path)
+    resolved_root = Path(data_root).resolve()  # once per file: every row's media path is checked against it
     result = LoadResult()
     first_line_of: dict[str, int] = {}
     with path.open("rb") as fh:
@@ -112,7 +113,7 @@ def load_annotations(
                 continue
             try:
                 sample = _parse_row(raw, split=split, file=str(path), line=line_no, seed=seed,
-                                    shuffle_options=shuffle_options, data_root=Path(data_root))
+                                    shuffle_options=shuffle_options, data_root=resolved_root)
                 if sample.sample_id in first_line_of:
                     raise RowError(f"duplicate sample_id {sample.sample_id!r} (first seen on line "
                                    f"{first_line_of[sample.sample_id]}); sample ids must be unique in a file")
@@ -147,7 +148,7 @@ def load_benchmark(data_root: str | Path, *, strict: bool = False, seed: int = 0
 
 
 def _parse_row(raw: bytes, *, split: str, file: str, line: int, seed: int, shuffle_options: bool,
-               data_root: Path) -> Sample:
+               data_root: Path) -> Sample:  # data_root: resolved
     row = _decode(raw)
     sample_id = _sample_id(row)
     question = _text(row, "question")
@@ -213,8 +214,9 @@ def _sample_id(row: dict[str, Any]) -> str:
     return _text(row, "sample_id")
 
 
-def _media_path(root: Path, kind: str, source: str, basename: str, name: str) -> str:
-    """``<kind>/<source>/<basename>`` relative to the root; absolute paths and ``..`` are rejected."""
+def _media_path(resolved_root: Path, kind: str, source: str, basename: str, name: str) -> str:
+    """``<kind>/<source>/<basename>`` relative to the root (given resolved); absolute paths and ``..`` are
+    rejected."""
     for field_name, part in (("video_source", source), (name, basename)):
         if PurePosixPath(part).is_absolute() or PureWindowsPath(part).is_absolute() or PureWindowsPath(part).drive:
             raise RowError(f"field {field_name!r} is an absolute path ({part!r}); "
@@ -222,7 +224,6 @@ def _media_path(root: Path, kind: str, source: str, basename: str, name: str) ->
         if ".." in PurePosixPath(part.replace("\\", "/")).parts:
             raise RowError(f"field {field_name!r} escapes the data root ({part!r}); remove the '..'")
     rel = PurePosixPath(kind, source, basename)
-    resolved_root = root.resolve()
     if not (resolved_root / rel).resolve().is_relative_to(resolved_root):  # e.g. a symlinked source folder
         raise RowError(f"field {name!r}: {rel} resolves outside the data root {resolved_root}")
     return str(rel)
