@@ -162,3 +162,15 @@ def _media_fingerprint(media: Sequence[str]) -> tuple:
     folders = {os.path.dirname(m) for m in media}
     folders |= {os.path.dirname(f) for f in folders}
     return tuple(_stat(m) for m in media), tuple(_stat(f) for f in sorted(folders))
+
+
+def shared_prompt_items(samples: Sequence[Sample], cache: FrameCache) -> tuple[list, list[float | None]]:
+    """``prompt_items`` with each distinct sample read from the cache once and its item object repeated.
+
+    The G rollouts of a prompt then share one ``PromptItem``, which ``encode_prompts`` processes once.
+    """
+    distinct = list({s.sample_id: s for s in samples}.values())
+    items, rates = prompt_items(distinct, cache)
+    by_id = {s.sample_id: (item, rate) for s, item, rate in zip(distinct, items, rates, strict=True)}
+    pairs = [by_id[s.sample_id] for s in samples]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
