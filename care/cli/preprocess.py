@@ -3,18 +3,57 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
 from care.cli.common import state
 from care.cli.runtime import prefect_env
-from care.config import validate_config
+from care.config import ConfigError, deep_merge, load_config, parse_overrides, validate_config
 from care.media.preprocess import PreprocessConfig
+
+SAMPLING_FLAGS = ("fps", "min_frames", "max_frames", "nframes", "min_pixels", "max_pixels", "image_min_pixels",
+                  "image_max_pixels", "codec", "jpeg_quality")
+
+
+def preprocess_config(config_file: Path | None, *, overrides: list[str] | None, data_root: str | None,
+                      annotations: list[str], flags: dict) -> PreprocessConfig:
+    """The options of one ``care preprocess``: the config file, then the flags in ``flags`` and the data root and
+    annotations given, then ``--set``. The data root is made absolute; without annotations named anywhere, every
+    standard annotation file present under the data root is taken."""
+    from care.data.schema import ANNOTATION_FILES
+
+    given: dict = {name: flags[name] for name in ("shard_size", "workers") if name in flags}
+    sampling = {name: flags[name] for name in SAMPLING_FLAGS if name in flags}
+    if sampling:
+        given["sampling"] = sampling
+    if data_root is not None:
+        given["data_root"] = data_root
+    if annotations:
+        given["annotations"] = list(annotations)
+    merged = deep_merge(given, parse_overrides(overrides))
+    if config_file is None:
+        if "data_root" not in merged:
+            raise ConfigError("give --data-root DIR (or --config FILE with a data_root)")
+        config = validate_config(PreprocessConfig, merged, "care preprocess")
+    else:
+        config = load_config(PreprocessConfig, config_file, merged)
+    root = Path(config.data_root).resolve()
+    update: dict = {"data_root": str(root)}
+    if "annotations" not in config.model_fields_set:
+        update["annotations"] = [s for s, f in ANNOTATION_FILES.items() if (root / "annotations" / f).is_file()]
+    return config.model_copy(update=update)
 
 
 def preprocess_command(
     ctx: typer.Context,
-    data_root: str = typer.Option(..., "--data-root", "-d", help="Dataset root (annotations/, videos/, images/)."),
+    config_file: Path = typer.Option(
+        None, "--config", "-c",
+        help="Preprocess config YAML (care.media.preprocess.PreprocessConfig: data_root, annotations, sampling, "
+             "shard_size, workers). Flags given on the command line override it."),
+    overrides: list[str] = typer.Option(None, "--set", help="Override an option: KEY=VALUE, dotted (sampling.fps=1)."),
+    data_root: str = typer.Option(None, "--data-root", "-d",
+                                  help="Dataset root (annotations/, videos/, images/); required without --config."),
     annotations: list[str] = typer.Option(
         None, "--annotations", "-a",
         help="Annotation file(s): paths, names in <data-root>/annotations, or splits (train, L1, ...); "
@@ -35,19 +74,17 @@ def preprocess_command(
 ) -> None:
     """Validate annotations, decode sampled frames into the Parquet frame cache, quarantine bad media."""
     st = state(ctx)
-    from pathlib import Path
+    values = dict(locals())
 
-    from care.data.schema import ANNOTATION_FILES
+    def typed(name: str) -> bool:  # on the command line, not a default
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
-    names = [*(annotations or []), *(extra or [])]
-    if not names:
-        names = [s for s, f in ANNOTATION_FILES.items() if (Path(data_root) / "annotations" / f).is_file()]
-    sampling = dict(fps=fps, min_frames=min_frames, max_frames=max_frames, nframes=nframes, min_pixels=min_pixels,
-                    max_pixels=max_pixels, image_min_pixels=image_min_pixels, image_max_pixels=image_max_pixels,
-                    codec=codec, jpeg_quality=jpeg_quality)
-    config = validate_config(PreprocessConfig, {
-        "data_root": str(Path(data_root).resolve()), "annotations": names, "sampling": sampling,
-        "shard_size": shard_size, "workers": workers}, "care preprocess")
+    # with a config file a flag counts only when typed; without one, the flags' defaults are the options
+    flags = {name: values[name] for name in (*SAMPLING_FLAGS, "shard_size", "workers")
+             if config_file is None or typed(name)}
+    config = preprocess_config(config_file, overrides=overrides, data_root=data_root,
+                               annotations=[*(annotations or []), *(extra or [])], flags=flags)
     prefect_env(st.workspace)
     from flows.preprocess import preprocess
 
