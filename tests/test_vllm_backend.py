@@ -27,9 +27,7 @@ from care.models.vllm_backend import (
     VllmBackendError,
     build_requests,
     read_responses,
-    run_vllm_rollouts,
     run_worker,
-    shard_from_completions,
     vllm_prompt_seed,
     write_requests,
 )
@@ -37,7 +35,7 @@ from care.store.rollout_log import GENERATED_SCHEMA
 from care.train.checkpoint import make_initial_checkpoint
 from care.train.config import RolloutConfig
 from care.train.policy_io import load_policy, policy_path
-from care.train.rollout import behaviour_logprobs, run_rollout_stage
+from care.train.rollout import behaviour_logprobs, run_rollout_stage, shard_from_completions
 from care.train.samples import prompt_items
 from tests.vllm_helpers import cached_samples
 
@@ -138,8 +136,8 @@ def test_response_becomes_a_shard_with_hf_behaviour_logprobs(setup, tmp_path):
     assert [(c.prompt_index, c.sample_index) for c in completions] == [(p, i) for p in range(3) for i in range(2)]
     seeds = [vllm_prompt_seed(0, 1, g, 2) for g in range(len(samples))]
     manifest = shard_from_completions(
-        run_id="r", iteration=1, checkpoint=checkpoint, samples=samples, items=items, rates=rates,
-        completions=completions, prompt_tokens=info["prompt_tokens"], seeds=seeds, config=config,
+        run_id="r", iteration=1, state=checkpoint, samples=samples, items=items, rates=rates,
+        completions=completions, prompt_tokens=info["prompt_tokens"], seeds=seeds, config=config, backend="vllm",
         seconds_per_completion=0.5, out_dir=tmp_path / "shard", started=time.perf_counter(),
         engine_logprobs=info["engine_logprobs"],
     )
@@ -219,7 +217,7 @@ def test_missing_or_wrong_vllm_python_is_a_clear_error(setup, tmp_path):
 def test_worker_without_vllm_fails_with_a_message_the_parent_surfaces(setup, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(VllmBackendError) as err:
-        run_vllm_rollouts(run_id="r", iteration=0, checkpoint=setup["checkpoint"], samples=setup["samples"],
+        run_rollout_stage(run_id="r", iteration=0, checkpoint=setup["checkpoint"], samples=setup["samples"],
                           cache=setup["cache"], config=_config(vllm_python=sys.executable), seed=0, out_dir=out)
     message = str(err.value)
     assert f"exited with status {vllm_worker.EXIT_NO_VLLM}" in message

@@ -25,6 +25,11 @@ import torch
 from transformers import StoppingCriteria
 
 
+def chunk_seed(seed: int, iteration: int, chunk: int) -> int:
+    """A distinct, reproducible sampling seed per (run seed, iteration, chunk of prompts)."""
+    return (seed * 1_000_003 + iteration * 10_007 + chunk) % (2**63 - 1)
+
+
 @dataclass(frozen=True)
 class Completion:
     """One sampled completion: tokens up to and including the first EOS (none when truncated)."""

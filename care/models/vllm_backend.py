@@ -1,4 +1,5 @@
-"""The ``vllm`` rollout backend, main-environment side: request file -> vLLM subprocess -> rollout shard.
+"""The ``vllm`` rollout backend, main-environment side: prompt items -> request file -> vLLM subprocess ->
+completions (``generate_vllm``). The rollout stage turns them into its shard (``care.train.rollout``).
 
 vLLM cannot share an environment with Prefect (their fastapi pins conflict), so it runs in its own virtual
 environment (``docs/vllm.md``) as ``python -m care.models.vllm_worker`` and the two sides exchange two Parquet
@@ -10,11 +11,10 @@ files in the iteration's output folder:
    ids to suppress (``suppressed_token_ids``, as the ``hf`` backend) and the EOS to stop at.
 2. the worker loads ``<checkpoint>/policy`` (a save_pretrained folder with the processor) in vLLM, samples, and
    writes ``vllm_response.parquet`` (``vllm_worker.RESPONSE_SCHEMA``), one row per completion.
-3. here: the behaviour log-probs are recomputed with the HF policy forward (``behaviour_logprobs``, the function
-   the ``hf`` backend and the update use), so the optimisation stage's PPO ratio starts at exactly 1 whatever
-   vLLM's numerics (bf16 kernels, a different attention implementation); the completion text is decoded with
-   the policy tokenizer as in the ``hf`` backend. The engine's own log-probs are compared (``logprob_gap``) only.
-   Rows come from ``care.train.rollout.rollout_rows``, so the shard equals an ``hf`` shard column for column.
+3. here: the completions are read back, their text decoded with the policy tokenizer as in the ``hf`` backend.
+   The rollout stage then recomputes the behaviour log-probs with the HF policy forward (the function the
+   ``hf`` backend and the update use), so the optimisation stage's PPO ratio starts at exactly 1 whatever
+   vLLM's numerics; the engine's own log-probs are only compared (``logprob_gap``).
 
 Seeds: prompt g of the iteration gets ``vllm_prompt_seed`` = base + g * G; vLLM seeds child i with seed + i, so
 no two completions of an iteration share a seed. Engine settings (dtype, eager) are chosen per device
@@ -41,12 +41,10 @@ import numpy as np
 import pyarrow.parquet as pq
 
 import care
-from care.data.schema import Sample
 from care.errors import CareError
-from care.media.frame_cache import FrameCache
-from care.models.generation import Completion
+from care.models.generation import Completion, chunk_seed
 from care.models.inputs import PromptItem
-from care.models.loading import load_processor, suppressed_token_ids
+from care.models.loading import suppressed_token_ids
 from care.models.vllm_worker import REQUEST_SCHEMA, RESPONSE_SCHEMA, write_table_atomic
 from care.train.config import RolloutConfig
 
@@ -67,8 +65,6 @@ class VllmBackendError(CareError):
 
 def vllm_prompt_seed(seed: int, iteration: int, group: int, group_size: int) -> int:
     """Request seed of prompt ``group``: G apart per prompt, since vLLM samples child i with seed + i."""
-    from care.train.rollout import chunk_seed
-
     return (chunk_seed(seed, iteration, 0) + group * group_size) % (2**62)
 
 
@@ -279,80 +275,46 @@ def logprob_gap(behaviour: Sequence[Sequence[float]], engine: Sequence[Sequence[
     return max(gaps, default=0.0)
 
 
-def run_vllm_rollouts(*, run_id: str, iteration: int, checkpoint: str | Path, samples: Sequence[Sample],
-                      cache: FrameCache, config: RolloutConfig, seed: int, out_dir: str | Path,
-                      policy_id: str | None = None) -> dict:
-    """The ``vllm`` backend of ``run_rollout_stage``: same arguments, same shard, same manifest (+ vLLM figures).
+@dataclass(frozen=True)
+class VllmGeneration:
+    """What the engine returned for one stage: completions (prompt-major), the expanded prompt lengths, the
+    engine's own log-probs of the sampled tokens, the wall time of the worker and the settings it ran with."""
 
-    ``checkpoint`` is a complete checkpoint folder; ``policy_id`` names its policy in the rows (default: its
-    content id)."""
-    from care.train.policy_io import policy_path
-    from care.train.samples import prompt_items
+    completions: list[Completion]
+    prompt_tokens: list[int]
+    engine_logprobs: list[list[float]]
+    seconds: float
+    engine: EngineSettings
 
+
+def vllm_prompt_seeds(seed: int, iteration: int, prompts: int, group_size: int) -> list[int]:
+    """The request seed of each prompt of an iteration (``vllm_prompt_seed``)."""
+    return [vllm_prompt_seed(seed, iteration, g, group_size) for g in range(prompts)]
+
+
+def generate_vllm(processor, items: Sequence[PromptItem], rates: Sequence[float | None], *, seeds: Sequence[int],
+                  model_dir: str | Path, config: RolloutConfig, seed: int, work_dir: str | Path) -> VllmGeneration:
+    """The ``vllm`` rollout backend: ``config.group_size`` completions per prompt item from the model folder
+    ``model_dir``, sampled by the worker in the vLLM environment.
+
+    ``rates[k]``: the fps of item k's frames; ``seeds[k]``: its request seed; ``seed``: the engine's. The request
+    and response files and the worker's scratch folder live in ``work_dir``; the request (raw frames) is removed
+    once answered, the response kept for inspection."""
     python = resolve_vllm_python(config.vllm_python)
-    started = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    processor = load_processor(policy_path(checkpoint))
-    items, rates = prompt_items(list(samples), cache)
-    seeds = [vllm_prompt_seed(seed, iteration, g, config.group_size) for g in range(len(samples))]
-    request, response = out_dir / REQUEST_FILE, out_dir / RESPONSE_FILE
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    request, response = work_dir / REQUEST_FILE, work_dir / RESPONSE_FILE
     write_requests(request, build_requests(processor, items, rates, config=config, seeds=seeds))
     response.unlink(missing_ok=True)  # never read a previous attempt's answer
     engine = engine_settings(config)
     log.info("%s (rollout.vllm_dtype=%s, rollout.vllm_enforce_eager=%s)", engine.describe(), config.vllm_dtype,
              config.vllm_enforce_eager)
     t0 = time.perf_counter()
-    run_worker(worker_command(python, request, response, model=policy_path(checkpoint), config=config, seed=seed,
-                              engine=engine), scratch=out_dir / SCRATCH_DIR, engine=engine)
-    generation_seconds = time.perf_counter() - t0
-    request.unlink()  # raw frames, megabytes per prompt; the response stays next to the shard for inspection
-    completions, info = read_responses(response, prompts=len(samples), group_size=config.group_size,
+    run_worker(worker_command(python, request, response, model=Path(model_dir), config=config, seed=seed,
+                              engine=engine), scratch=work_dir / SCRATCH_DIR, engine=engine)
+    seconds = time.perf_counter() - t0
+    request.unlink()
+    completions, info = read_responses(response, prompts=len(items), group_size=config.group_size,
                                        tokenizer=processor.tokenizer)
-    manifest = shard_from_completions(
-        run_id=run_id, iteration=iteration, checkpoint=checkpoint, samples=samples, items=items, rates=rates,
-        completions=completions, prompt_tokens=info["prompt_tokens"], seeds=seeds, config=config,
-        seconds_per_completion=generation_seconds / max(len(completions), 1), out_dir=out_dir, started=started,
-        engine_logprobs=info["engine_logprobs"], policy_id=policy_id,
-    )
-    return {**manifest, "generation_seconds": generation_seconds, "vllm_device": engine.device,
-            "vllm_dtype": engine.dtype, "vllm_enforce_eager": engine.enforce_eager}
-
-
-def shard_from_completions(*, run_id: str, iteration: int, checkpoint: str | Path, samples: Sequence[Sample],
-                           items: Sequence[PromptItem], rates: Sequence[float | None],
-                           completions: Sequence[Completion], prompt_tokens: Sequence[int], seeds: Sequence[int],
-                           config: RolloutConfig, seconds_per_completion: float, out_dir: str | Path,
-                           started: float, engine_logprobs: Sequence[Sequence[float]] | None = None,
-                           policy_id: str | None = None) -> dict:
-    """Behaviour log-probs from the HF policy (``generation_batch_prompts`` prompts per forward), then the shard.
-
-    Returns the ``run_rollout_stage`` manifest plus ``engine_logprob_gap`` when engine log-probs are given
-    (meaningful at temperature 1: vLLM returns log-probs of the raw logits, before temperature and logit_bias).
-    """
-    from care.train.policy_io import checkpoint_id, load_policy
-    from care.train.rollout import behaviour_logprobs, rollout_rows, write_generated
-
-    model, processor = load_policy(checkpoint)
-    by_prompt: dict[int, list[int]] = {}
-    for n, c in enumerate(completions):
-        by_prompt.setdefault(c.prompt_index, []).append(n)
-    logps: list[list[float]] = [[] for _ in completions]
-    step = config.generation_batch_prompts
-    for start in range(0, len(items), step):
-        idx = [n for k in range(start, min(start + step, len(items))) for n in by_prompt.get(k, [])]
-        if not idx:
-            continue
-        chunk = behaviour_logprobs(model, processor, [items[completions[n].prompt_index] for n in idx],
-                                   [rates[completions[n].prompt_index] for n in idx],
-                                   [completions[n].token_ids for n in idx], temperature=config.sampling.temperature)
-        for n, lp in zip(idx, chunk, strict=True):
-            logps[n] = lp
-    rows = rollout_rows(run_id=run_id, iteration=iteration, first_group=0, samples=list(samples),
-                        completions=completions, logprobs=logps, prompt_tokens=prompt_tokens, seeds=seeds,
-                        checkpoint=policy_id or checkpoint_id(checkpoint), backend="vllm", sampling=config.sampling,
-                        seconds=seconds_per_completion)
-    manifest = write_generated(out_dir, rows, prompts=len(samples), started=started)
-    if engine_logprobs is not None:
-        manifest["engine_logprob_gap"] = logprob_gap(logps, engine_logprobs)
-    return manifest
+    return VllmGeneration(completions=completions, prompt_tokens=info["prompt_tokens"],
+                          engine_logprobs=info["engine_logprobs"], seconds=seconds, engine=engine)

@@ -20,20 +20,22 @@ from care.algo.prompt import PROMPT_VERSION
 from care.data.schema import Sample
 from care.failpoints import failpoint
 from care.media.frame_cache import FrameCache
-from care.models.generation import Completion, Decoding, sample_completions
-from care.models.inputs import completion_target_mask, encode_prompt_completions, encode_prompts, model_inputs
+from care.models.generation import Completion, Decoding, chunk_seed, sample_completions
+from care.models.inputs import (
+    PromptItem,
+    completion_target_mask,
+    encode_prompt_completions,
+    encode_prompts,
+    model_inputs,
+)
 from care.models.loading import suppressed_token_ids
+from care.models.vllm_backend import generate_vllm, logprob_gap, vllm_prompt_seeds
 from care.store.rollout_log import GENERATED_FILE, GENERATED_SCHEMA, rollout_uid, write_rows_atomic
 from care.train.config import RolloutConfig, SamplingParams
 from care.train.replay import compute_dtype, materialise
 from care.train.samples import prompt_items
 from care.train.state import PolicyState, as_state
 from care.train.toolkit import autocast
-
-
-def chunk_seed(seed: int, iteration: int, chunk: int) -> int:
-    """A distinct, reproducible sampling seed per (run seed, iteration, chunk)."""
-    return (seed * 1_000_003 + iteration * 10_007 + chunk) % (2**63 - 1)
 
 
 @torch.no_grad()
@@ -145,21 +147,73 @@ def _vllm_rollouts(*, run_id: str, iteration: int, state: PolicyState, samples: 
     checkpoint's bytes)."""
     import shutil
 
-    from care.models.vllm_backend import run_vllm_rollouts  # separate environment
     from care.train.checkpoint import TrainingState, save_checkpoint
+    from care.train.policy_io import policy_path
     from care.train.state import checkpoint_path
 
+    started = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
     folder = checkpoint_path(state)
     scratch = None
+    trainer = materialise(state)
     if folder is None:
-        trainer = materialise(state)
         scratch = folder = out_dir / f".policy-{state.state_id}"
         save_checkpoint(folder, policy=trainer.policy, processor=trainer.processor,
                         state=TrainingState(step=trainer.step, iteration=trainer.iteration,
                                             extra={"state_id": state.state_id}))
+    items, rates = prompt_items(list(samples), cache)
+    seeds = vllm_prompt_seeds(seed, iteration, len(samples), config.group_size)
     try:
-        return run_vllm_rollouts(run_id=run_id, iteration=iteration, checkpoint=folder, samples=samples,
-                                 cache=cache, config=config, seed=seed, out_dir=out_dir, policy_id=state.state_id)
+        generation = generate_vllm(trainer.processor, items, rates, seeds=seeds, model_dir=policy_path(folder),
+                                   config=config, seed=seed, work_dir=out_dir)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+    manifest = shard_from_completions(
+        run_id=run_id, iteration=iteration, state=state, samples=samples, items=items, rates=rates,
+        completions=generation.completions, prompt_tokens=generation.prompt_tokens, seeds=seeds, config=config,
+        backend="vllm", seconds_per_completion=generation.seconds / max(len(generation.completions), 1),
+        out_dir=out_dir, started=started, engine_logprobs=generation.engine_logprobs)
+    return {**manifest, "generation_seconds": generation.seconds, "vllm_device": generation.engine.device,
+            "vllm_dtype": generation.engine.dtype, "vllm_enforce_eager": generation.engine.enforce_eager}
+
+
+def shard_from_completions(*, run_id: str, iteration: int, state: str | Path | PolicyState,
+                           samples: Sequence[Sample], items: Sequence[PromptItem], rates: Sequence[float | None],
+                           completions: Sequence[Completion], prompt_tokens: Sequence[int], seeds: Sequence[int],
+                           config: RolloutConfig, backend: str, seconds_per_completion: float, out_dir: str | Path,
+                           started: float, engine_logprobs: Sequence[Sequence[float]] | None = None) -> dict:
+    """The tail every engine's completions go through: behaviour log-probs from the HF policy of ``state``
+    (``generation_batch_prompts`` prompts per forward, in the update's compute dtype), then the shard.
+
+    Returns the stage manifest, plus ``engine_logprob_gap`` when the engine's own log-probs are given
+    (meaningful at temperature 1: vLLM returns log-probs of the raw logits, before temperature and logit_bias).
+    """
+    state = as_state(state)
+    trainer = materialise(state)
+    model, processor = trainer.policy, trainer.processor
+    device, dtype = next(model.parameters()).device, compute_dtype(state)
+    by_prompt: dict[int, list[int]] = {}
+    for n, c in enumerate(completions):
+        by_prompt.setdefault(c.prompt_index, []).append(n)
+    logps: list[list[float]] = [[] for _ in completions]
+    step = config.generation_batch_prompts
+    for start in range(0, len(items), step):
+        idx = [n for k in range(start, min(start + step, len(items))) for n in by_prompt.get(k, [])]
+        if not idx:
+            continue
+        with autocast(device, dtype):
+            chunk = behaviour_logprobs(model, processor, [items[completions[n].prompt_index] for n in idx],
+                                       [rates[completions[n].prompt_index] for n in idx],
+                                       [completions[n].token_ids for n in idx],
+                                       temperature=config.sampling.temperature)
+        for n, lp in zip(idx, chunk, strict=True):
+            logps[n] = lp
+    rows = rollout_rows(run_id=run_id, iteration=iteration, first_group=0, samples=list(samples),
+                        completions=completions, logprobs=logps, prompt_tokens=prompt_tokens, seeds=seeds,
+                        checkpoint=state.state_id, backend=backend, sampling=config.sampling,
+                        seconds=seconds_per_completion)
+    manifest = write_generated(out_dir, rows, prompts=len(samples), started=started)
+    if engine_logprobs is not None:
+        manifest["engine_logprob_gap"] = logprob_gap(logps, engine_logprobs)
+    return manifest
