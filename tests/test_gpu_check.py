@@ -206,7 +206,9 @@ def project(tmp_path):
 
 
 def _make_n(folder: Path, *args: str) -> str:
-    return subprocess.run(["make", "-n", *args], cwd=folder, capture_output=True, text=True, check=True).stdout
+    # --no-print-directory: under `make test` this make is a sub-make, which would print "Entering directory"
+    return subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=folder, capture_output=True,
+                          text=True, check=True).stdout
 
 
 def test_make_gpu_check_uses_the_venv_here_and_installs_no_wheels(project):
