@@ -28,7 +28,7 @@ from care.models.inputs import (
     encode_prompts,
     model_inputs,
 )
-from care.models.loading import suppressed_token_ids
+from care.models.loading import load_processor, suppressed_token_ids
 from care.models.vllm_backend import generate_vllm, logprob_gap, vllm_prompt_seeds
 from care.store.rollout_log import GENERATED_FILE, GENERATED_SCHEMA, rollout_uid, write_rows_atomic
 from care.train.config import RolloutConfig, SamplingParams
@@ -155,16 +155,19 @@ def _vllm_rollouts(*, run_id: str, iteration: int, state: PolicyState, samples: 
     out_dir.mkdir(parents=True, exist_ok=True)
     folder = checkpoint_path(state)
     scratch = None
-    trainer = materialise(state)
-    if folder is None:
+    if folder is None:  # between checkpoints the state lives in the resident trainer only
+        trainer = materialise(state)
         scratch = folder = out_dir / f".policy-{state.state_id}"
         save_checkpoint(folder, policy=trainer.policy, processor=trainer.processor,
                         state=TrainingState(step=trainer.step, iteration=trainer.iteration,
                                             extra={"state_id": state.state_id}))
+    # otherwise nothing model-sized is loaded here before the engine has exited: on a GPU, vLLM takes its
+    # memory share for weights and KV cache while it runs
+    processor = load_processor(policy_path(folder))
     items, rates = prompt_items(list(samples), cache)
     seeds = vllm_prompt_seeds(seed, iteration, len(samples), config.group_size)
     try:
-        generation = generate_vllm(trainer.processor, items, rates, seeds=seeds, model_dir=policy_path(folder),
+        generation = generate_vllm(processor, items, rates, seeds=seeds, model_dir=policy_path(folder),
                                    config=config, seed=seed, work_dir=out_dir)
     finally:
         if scratch is not None:
