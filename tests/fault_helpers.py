@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import duckdb
 import torch
 from safetensors.torch import load_file
+
+from tests.deploy_helpers import free_port, wait_healthy
 
 CARE_TIMEOUT_S = 600
 
@@ -48,12 +48,6 @@ def sql(home: Path, query: str) -> list[dict]:
     return json.loads(proc.stdout)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class PrefectServer:
     """``prefect server start`` on a free 127.0.0.1 port with its own PREFECT_HOME; ``env`` points a process at it."""
 
@@ -76,19 +70,11 @@ class PrefectServer:
         return {"PREFECT_API_URL": self.url}
 
     def _wait(self, timeout: float = 180.0) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, (self.home / "server.log").read_text()[-2000:]
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise AssertionError(f"Prefect server did not start: {(self.home / 'server.log').read_text()[-2000:]}")
+        try:
+            wait_healthy(self.url, self.proc, seconds=timeout)
+        except AssertionError as exc:
+            self.stop()
+            raise AssertionError(f"{exc}: {(self.home / 'server.log').read_text()[-2000:]}") from None
 
     def stop(self) -> None:
         if self.proc.poll() is None:
