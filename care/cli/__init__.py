@@ -17,6 +17,7 @@ from care.cli import data as data_cli
 from care.cli import evaluate as evaluate_cli
 from care.cli import export as export_cli
 from care.cli import models as models_cli
+from care.cli import plan as plan_cli
 from care.cli import preprocess as preprocess_cli
 from care.cli import rl as rl_cli
 from care.cli import run as run_cli
@@ -51,6 +52,7 @@ app.command("compare")(compare_cli.compare_command)
 app.command("preprocess")(preprocess_cli.preprocess_command)
 app.command("sft")(sft_cli.sft_command)
 app.command("rl")(rl_cli.rl_command)
+app.command("plan")(plan_cli.plan_command)
 app.command("eval")(evaluate_cli.eval_command)
 app.command("export")(export_cli.export_command)
 app.command("runs")(runs_cli.runs_command)
