@@ -4,7 +4,8 @@ Set ``CARE_FAILPOINT=<point>[@<iteration>]`` (comma-separated for several) and t
 SIGKILL when it reaches that point (on that iteration, if given). Unset, a failpoint costs one dictionary
 lookup. Points (where the pipeline can be killed): ``preprocess``, ``rollout``, ``scoring``, ``optimise``
 (after the backward passes, before the checkpoint), ``checkpoint-write`` (files written, not yet renamed into
-place), ``sft``, ``evaluation``.
+place), ``sft``, ``evaluation``, and ``gang-rank<N>`` (rank N of the resident gang, when a stage's command
+reaches it: ``care.train.gang_worker``).
 The crash tests and ``docs/reliability.md`` use them; the same idea as etcd's gofail or TiKV's fail-rs.
 """
 

@@ -1,6 +1,6 @@
 """Results of a pipeline run as a table (levels x accuracy and consistency per judge) and training series.
 
-Pure formatting plus one read of the ``metrics`` table; used by the pipeline's report task and ``care show``.
+Pure formatting plus reads of the ``metrics`` table; used by the pipeline's report task and ``care show``.
 """
 
 from __future__ import annotations
@@ -8,6 +8,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from care.store.overview import stage_seconds
+
+STAGE_SECONDS = "stage_seconds"  # the plot's panel of seconds per stage per iteration (care.eval.plots)
 TRAINING_METRICS = {
     "loss": "SFT loss",
     "check_format": "SFT format (greedy, train prompts)",
@@ -67,8 +70,11 @@ def render_table(rows: Sequence[Mapping], *, markdown: bool = False) -> str:
 
 
 def training_series(con, run_ids: Mapping[str, str]) -> dict[str, dict[str, list[tuple[float, float]]]]:
-    """metric label -> {stage label: [(step, value)]} from the catalog's ``metrics`` of the given runs."""
+    """metric label -> {stage label: [(step, value)]} from the catalog's ``metrics`` of the given runs, plus
+    ``stage_seconds`` -> {RL stage: [(iteration's first step, seconds)]}: the seconds per stage per iteration of
+    the RL runs (the stage prefixed by the run's label when several runs have them)."""
     series: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    timings = {}
     for label, run_id in run_ids.items():
         rows = con.execute(
             "SELECT name, step, value FROM metrics WHERE run_id = ? AND value IS NOT NULL ORDER BY step",
@@ -76,4 +82,11 @@ def training_series(con, run_ids: Mapping[str, str]) -> dict[str, dict[str, list
         for name, step, value in rows:
             if name in TRAINING_METRICS and not (name == "loss" and label != "sft"):
                 series.setdefault(TRAINING_METRICS[name], {}).setdefault(label, []).append((step, value))
+        per_stage = {s: pts for s, pts in stage_seconds(con, run_id).items() if s != "sft"}
+        if per_stage:
+            timings[label] = per_stage
+    for label, per_stage in timings.items():
+        for stage, points in per_stage.items():
+            name = stage if len(timings) == 1 else f"{label} {stage}"
+            series.setdefault(STAGE_SECONDS, {})[name] = [(float(s), v) for s, v in points]
     return series

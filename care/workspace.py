@@ -6,6 +6,7 @@ Layout::
     <home>/cache/frames/          Parquet frame cache, keyed by media content hash + sampling parameters
     <home>/rollouts/              Parquet rollout logs, hive-partitioned run=<id>/iteration=<n>/
     <home>/runs/<run_id>/         checkpoints, evaluation predictions, plots of one run
+    <home>/tracking/<run_id>/     experiment-tracker files (TensorBoard events) of runs with report_to
     <home>/models/                tiny offline models made by ``care models tiny``
     <home>/data/demo/             the generated demo benchmark (SEED-Bench-R1 layout)
     <home>/prefect/               PREFECT_HOME for the embedded (ephemeral) Prefect default

@@ -1,7 +1,10 @@
 """The ``rl`` flow: GRPO / GRPO-CARE iterations of rollouts -> scoring -> optimisation.
 
-Composition only. The state after each iteration is passed on as a ``PolicyState`` (its id, not its weights:
-those stay resident in this process) and written as a checkpoint every ``checkpoint_every`` iterations.
+Composition only: each iteration runs the stages of ``care.train.iteration.run_iteration`` as Prefect tasks. The
+state after each iteration is passed on as a ``PolicyState`` (its id, not its weights: those stay resident in
+this process, or with ``optim.num_processes > 1`` in the run's gang of ranks, ``care.train.gang``, which the
+first stage starts and the end of the flow stops) and written as a checkpoint every ``checkpoint_every``
+iterations.
 Resume: the run id derives from the config (or ``run_name``); the flow restarts at the newest complete
 checkpoint and walks the iterations after it, where every finished stage is a Prefect cache hit (no sampling,
 no scoring); the first stage that needs the weights rebuilds them by replaying the logged updates
@@ -14,12 +17,16 @@ import time
 
 from prefect import flow
 
+from care import tracking
+from care.models.vllm_backend import close_engines
 from care.store import runs
+from care.train import gang
 from care.train.checkpoint import iteration_checkpoint_name, latest_complete
 from care.train.config import RLConfig
-from care.train.data_order import batch_ids, cursor_after
+from care.train.data_order import cursor_after
+from care.train.iteration import iteration_batch, replay_spec
 from care.train.samples import DataSpec
-from care.train.state import PolicyState, ReplaySpec, of_checkpoint
+from care.train.state import PolicyState, of_checkpoint
 from care.workspace import Workspace
 from flows.evaluate import evaluate
 from tasks.common import checkpoint_ready, file_ready, run_stage
@@ -52,12 +59,12 @@ def rl(config: RLConfig, home: str | None = None) -> dict:
     data = DataSpec(data_root=config.data_root, annotation_file=config.train_annotations,
                     cache_root=str(ws.frame_cache_dir), sampling=config.frames, seed=config.seed,
                     shuffle_options=config.shuffle_options)
+    # experiment trackers (report_to) mirror the metrics the tasks record from here on; closed at the end
+    tracking.start(run_id, config.report_to, config.tracking_folder(ws.root), config.model_dump(mode="json"))
     runs.start_run(run_id, kind="rl", config=config.model_dump(mode="json"), path=catalog_file)
     try:
         ckpt_dir = ws.run_dir(run_id) / "checkpoints"
-        ro, s = config.rollout, config.rollout.sampling
-        spec = ReplaySpec(data=data, config=config.optim, total_steps=config.total_optimizer_steps,
-                          temperature=s.temperature, max_new_tokens=s.max_new_tokens)
+        ro, spec = config.rollout, replay_spec(config, data)
         found = latest_complete(ckpt_dir)
         ckpt = str(found[1]) if found else initial_checkpoint(config.model, str(ckpt_dir / iteration_checkpoint_name(0)))
         state = of_checkpoint(ckpt, rollouts_root=rollouts_root, run_id=run_id, replay=spec)
@@ -70,7 +77,7 @@ def rl(config: RLConfig, home: str | None = None) -> dict:
               f"a checkpoint every {config.checkpoint_every} iterations")
         for it in range(start, config.iterations):
             t0 = time.perf_counter()
-            ids = batch_ids(available["sample_ids"], batch_size=ro.prompts_per_iteration, index=it, seed=config.seed)
+            ids = iteration_batch(config, available["sample_ids"], it)  # the stages of care.train.iteration
             gen_file = generated_path(rollouts_root, run_id, it)
             gen = run_stage(rollout, run_id=run_id, iteration=it, stage="rollout", output_ready=file_ready(gen_file),
                             catalog_file=catalog_file, state=state, sample_ids=ids, data=data, config=ro,
@@ -103,6 +110,10 @@ def rl(config: RLConfig, home: str | None = None) -> dict:
     except BaseException as exc:
         runs.finish_run(run_id, status="failed", message=f"{type(exc).__name__}: {exc}"[:500], path=catalog_file)
         raise
+    finally:  # the run's resident workers end with it: the rank gang and the vLLM engine
+        gang.close_all()
+        close_engines()
+        tracking.finish(run_id)
     runs.finish_run(run_id, status="completed", path=catalog_file)
     print(f"run {run_id} completed; final checkpoint {ckpt}")
     print(f"dig in: care sql \"select iteration, avg(reward), avg(bonus) from rollouts where run_id = '{run_id}' "

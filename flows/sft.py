@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from care import tracking
 from care.store import runs
 from care.train.samples import DataSpec
 from care.train.sft import CHECKPOINT_PREFIX, checkpoint_name
@@ -36,6 +37,7 @@ def sft(config: SFTConfig, home: str | None = None) -> dict:
                     shuffle_options=config.shuffle_options)
     run_dir = ws.run_dir(run_id)
     final = run_dir / "checkpoints" / checkpoint_name(config.steps)
+    tracking.start(run_id, config.report_to, config.tracking_folder(ws.root), config.model_dump(mode="json"))
     runs.start_run(run_id, kind="sft", config=config.model_dump(mode="json"), path=catalog_file)
     try:
         print(f"run {run_id}: SFT to step {config.steps} (batch {config.batch_size}, lr {config.learning_rate}); "
@@ -46,6 +48,8 @@ def sft(config: SFTConfig, home: str | None = None) -> dict:
     except BaseException as exc:
         runs.finish_run(run_id, status="failed", message=f"{type(exc).__name__}: {exc}"[:500], path=catalog_file)
         raise
+    finally:  # the trackers (report_to) hold files open
+        tracking.finish(run_id)
     runs.finish_run(run_id, status="completed", path=catalog_file)
     ckpt = result["checkpoint"]
     print(f"run {run_id} completed; final checkpoint {ckpt}")

@@ -15,6 +15,7 @@ from care.store import runs
 from care.store.rollout_log import GENERATED_FILE, iteration_dir
 from care.train.checkpoint import is_complete, make_initial_checkpoint, read_training_state
 from care.train.config import RolloutConfig, ScoringConfig
+from care.train.memory import Peak, measured_here
 from care.train.optimise_stage import run_optimisation_stage, wait_for_checkpoints
 from care.train.rollout import run_rollout_stage
 from care.train.samples import DataSpec
@@ -41,13 +42,28 @@ def _state(p) -> PolicyState:
 @task(name="rollout", cache_key_fn=_rollout_key, retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient,
       **JSON_RESULTS)
 def rollout(run_id: str, iteration: int, state: PolicyState, sample_ids: list[str], data: DataSpec,
-            config: RolloutConfig, seed: int, rollouts_root: str) -> dict:
-    """G completions per prompt of this iteration's batch, from the policy of ``state`` -> ``generated.parquet``."""
+            config: RolloutConfig, seed: int, rollouts_root: str, catalog_file: str) -> dict:
+    """G completions per prompt of this iteration's batch, from the policy of ``state`` -> ``generated.parquet``;
+    generation time and tokens/s recorded."""
     by_id = data.load().by_id()
-    manifest = run_rollout_stage(run_id=run_id, iteration=iteration, checkpoint=state,
-                                 samples=[by_id[i] for i in sample_ids], cache=data.cache(), config=config,
-                                 seed=seed, out_dir=iteration_dir(Path(rollouts_root), run_id, iteration))
-    return {**manifest, "attempts": attempts()}
+    with Peak() as peak:
+        manifest = run_rollout_stage(run_id=run_id, iteration=iteration, checkpoint=state,
+                                     samples=[by_id[i] for i in sample_ids], cache=data.cache(), config=config,
+                                     seed=seed, out_dir=iteration_dir(Path(rollouts_root), run_id, iteration))
+    here = measured_here(state, backend=config.backend)  # peak memory: only of work done in this process
+    metrics = {**generation_metrics(manifest), **(peak.metrics("rollout") if here else {})}
+    runs.record_metrics(run_id, state.step + 1, metrics, stage="rollout", path=catalog_file)
+    return {**manifest, **(peak.fields() if here else {}), "attempts": attempts()}
+
+
+def generation_metrics(manifest: dict) -> dict[str, float]:
+    """What users compare runs by: generation seconds (sampling only), the stage's wall seconds, and completion
+    tokens per second, in all and per device (rank)."""
+    compute = manifest.get("compute_seconds", manifest.get("generation_seconds", manifest["seconds"]))
+    devices = len(manifest.get("rows_per_rank") or [1])
+    rate = manifest["completion_tokens"] / compute if compute > 0 else float("nan")
+    return {"generation_seconds": compute, "rollout_seconds": manifest["seconds"],
+            "generation_tokens_per_second": rate, "generation_tokens_per_second_per_device": rate / devices}
 
 
 def _scoring_key(context, p) -> str:
@@ -60,12 +76,15 @@ def _scoring_key(context, p) -> str:
 def scoring(run_id: str, iteration: int, state: PolicyState, generated_path: str, data: DataSpec,
             config: ScoringConfig, algo: str, catalog_file: str) -> dict:
     """Rewards, reference likelihood, consistency bonus and advantages -> ``scored.parquet``; metrics recorded."""
-    manifest = run_scoring_stage(generated_path=generated_path, checkpoint=state, samples=data.load().by_id(),
-                                 cache=data.cache(), config=config, algo=algo)
-    step = state.step + 1
-    runs.record_metrics(run_id, step, {**manifest["metrics"], "scoring_seconds": manifest["seconds"]},
-                        stage="scoring", path=catalog_file)
-    return {**manifest, "attempts": attempts(), "step": step}
+    with Peak() as peak:
+        manifest = run_scoring_stage(generated_path=generated_path, checkpoint=state, samples=data.load().by_id(),
+                                     cache=data.cache(), config=config, algo=algo)
+    step, here = state.step + 1, measured_here(state)
+    timings = {"scoring_seconds": manifest["seconds"],
+               "reference_forward_seconds": manifest.get("compute_seconds", manifest["seconds"]),
+               **(peak.metrics("scoring") if here else {})}
+    runs.record_metrics(run_id, step, {**manifest["metrics"], **timings}, stage="scoring", path=catalog_file)
+    return {**manifest, **(peak.fields() if here else {}), "attempts": attempts(), "step": step}
 
 
 def _optimise_key(context, p) -> str:
@@ -84,15 +103,18 @@ def optimise(run_id: str, iteration: int, state: PolicyState, generated_path: st
     """Policy update(s) on the scored batch, EMA on schedule -> the next state (resident), written as a checkpoint
     at ``checkpoint_out`` when given; per-step metrics recorded."""
     spec = state.replay
-    result = run_optimisation_stage(
-        checkpoint_in=state, generated_path=generated_path, scored_path=scored_path, data=spec.data,
-        config=spec.config, total_steps=spec.total_steps, temperature=spec.temperature,
-        max_new_tokens=spec.max_new_tokens, iteration=iteration, checkpoint_out=checkpoint_out,
-        data_cursor=data_cursor, background=background, keep_last=keep_last, keep_every=keep_every,
-    )
+    with Peak() as peak:
+        result = run_optimisation_stage(
+            checkpoint_in=state, generated_path=generated_path, scored_path=scored_path, data=spec.data,
+            config=spec.config, total_steps=spec.total_steps, temperature=spec.temperature,
+            max_new_tokens=spec.max_new_tokens, iteration=iteration, checkpoint_out=checkpoint_out,
+            data_cursor=data_cursor, background=background, keep_last=keep_last, keep_every=keep_every,
+        )
     for entry in result["steps"]:
         metrics = {k: v for k, v in entry.items() if k != "step"}
         runs.record_metrics(run_id, entry["step"], metrics, stage="optimise", path=catalog_file)
+    if measured_here(state):  # the stage's peak, at its first step (where rollout and scoring record theirs)
+        runs.record_metrics(run_id, state.step + 1, peak.metrics("optimise"), stage="optimise", path=catalog_file)
     new_state = {**result["state"], "step": result["step"]}
     return {"state": new_state, "checkpoint": result["checkpoint"], "step": result["step"],
             "seconds": result["seconds"], "last": result["steps"][-1] if result["steps"] else {},

@@ -15,6 +15,7 @@ from pathlib import Path
 from prefect import task
 
 from care.store import runs
+from care.tracking import TRACKING_FIELDS
 from care.train.samples import DataSpec
 from care.train.sft import run_sft
 from care.train.sft_config import SFTConfig
@@ -48,8 +49,10 @@ def _annotation_sha(data: DataSpec) -> str:
 
 
 def _sft_key(context, p) -> str:
+    # the trackers (report_to, tracking_dir) do not change what is trained: a finished run stays a cache hit
+    config = p["config"].model_dump(mode="json", exclude=set(TRACKING_FIELDS))
     return "sft-" + stage_key(p["run_id"], model_content_id(p["config"].model), _annotation_sha(p["data"]),
-                              p["data"], p["config"])
+                              p["data"], config)
 
 
 @task(name="sft", cache_key_fn=_sft_key, retries=1, retry_delay_seconds=2, retry_condition_fn=is_transient,

@@ -16,6 +16,7 @@ import yaml
 from safetensors.torch import load_file
 
 from tests.rl_helpers import cache_demo
+from tests.tracking_helpers import catalog_scalars, tensorboard_scalars
 
 P, G, ITERATIONS = 2, 4, 3
 
@@ -30,7 +31,7 @@ def _care(home: Path, *args: str, env: dict | None = None, timeout: int = 300) -
 
 def _config(tmp: Path, demo_root: Path, model: Path) -> Path:
     cfg = {"model": str(model), "data_root": str(demo_root), "iterations": ITERATIONS, "shuffle_options": False,
-           "run_name": "flowtest", "frames": {"nframes": 4},
+           "run_name": "flowtest", "frames": {"nframes": 4}, "report_to": ["tensorboard"],
            "rollout": {"group_size": G, "prompts_per_iteration": P, "sampling": {"max_new_tokens": 16}},
            "optim": {"learning_rate": 1e-2, "micro_batch_size": 4, "ema_every": 1},
            "eval_every": 3, "eval": {"levels": ["L1"], "limit_per_level": 2, "decoding": {"max_new_tokens": 8}}}
@@ -82,10 +83,39 @@ def test_three_iterations_fill_the_rollout_log(uninterrupted):
                     *({"stage": s, "k": ITERATIONS, "ok": True} for s in ("optimise", "rollout", "scoring"))]
     steps = _sql(home, "select count(distinct step) as n from metrics where name = 'grad_norm'")
     assert steps == [{"n": ITERATIONS}]
+    # per-stage timings users compare runs by: generation, reference forward, update, tokens/s
+    timings = _sql(home, "select name, stage, count(*) as n, bool_and(value > 0) as positive from metrics where name "
+                         "in ('generation_seconds', 'generation_tokens_per_second', 'reference_forward_seconds', "
+                         "'update_seconds') group by 1, 2 order by 1")
+    assert timings == [{"name": "generation_seconds", "stage": "rollout", "n": ITERATIONS, "positive": True},
+                       {"name": "generation_tokens_per_second", "stage": "rollout", "n": ITERATIONS, "positive": True},
+                       {"name": "reference_forward_seconds", "stage": "scoring", "n": ITERATIONS, "positive": True},
+                       {"name": "update_seconds", "stage": "optimise", "n": ITERATIONS, "positive": True}]
     assert _sql(home, "select status from runs") == [{"status": "completed"}]
     # the periodic evaluation hook evaluated the checkpoint of iteration 3, attached to this run
     evals = _sql(home, "select label, level, n from eval_results where judge = 'accuracy' and level = 'L1'")
     assert evals == [{"label": "iter-00003", "level": "L1", "n": 2}]
+
+
+def test_tensorboard_mirrors_the_catalog_and_care_show_times_the_stages(uninterrupted):
+    home = uninterrupted["home"]
+    # report_to: [tensorboard]: every metric the tasks recorded, at the same step, with the same value
+    want, got = catalog_scalars(home / "care.duckdb", "flowtest"), tensorboard_scalars(home / "tracking" / "flowtest")
+    assert set(got) == set(want)
+    assert all(got[k] == pytest.approx(v, rel=1e-6) for k, v in want.items())
+    assert {t for t, _ in got} >= {"rollout/generation_seconds", "scoring/reward_mean", "optimise/loss"}
+    # each stage's peak memory, once per iteration (one process, hf backend: all measured in the flow's process)
+    peaks = _sql(home, "select name, stage, count(*) as n, bool_and(value > 0) as positive from metrics "
+                       "where name like '%peak_memory_mib' group by 1, 2 order by 1")
+    assert peaks == [{"name": f"{s}_peak_memory_mib", "stage": s, "n": ITERATIONS, "positive": True}
+                     for s in ("optimise", "rollout", "scoring")]
+    shown = _care(home, "--json", "show", "flowtest")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    timing = {r["stage"]: r for r in json.loads(shown.stdout)["timing"]}
+    assert list(timing) == ["rollout", "scoring", "optimise"] and all(r["n"] == ITERATIONS for r in timing.values())
+    assert timing["rollout"]["tokens_per_second"] > 0 and timing["optimise"]["peak_memory_mib"] > 0
+    table = _care(home, "show", "flowtest")
+    assert table.returncode == 0 and "timing (median per iteration)" in table.stdout, table.stderr[-2000:]
 
 
 def test_rerun_of_a_finished_run_does_nothing_new(uninterrupted):

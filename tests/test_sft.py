@@ -25,6 +25,7 @@ from care.train.sft import (
 )
 from care.train.sft_config import SFTConfig
 from tests.rl_helpers import SAMPLING, cache_demo
+from tests.tracking_helpers import catalog_scalars, tensorboard_scalars
 
 COT = "training_with_cot_6k.jsonl"
 
@@ -144,7 +145,7 @@ def test_flow_teaches_the_format_and_fills_the_catalog(prefect_harness, data, ti
     (home / "cache" / "frames").symlink_to(Path(data.cache_root), target_is_directory=True)
     cfg = _config(tiny_model_dir, demo_root, steps=FLOW_STEPS, batch_size=16, warmup_steps=30,
                   lr_scheduler="constant", checkpoint_every=50, log_every=50, check_prompts=16, keep_checkpoints=1,
-                  betas=(0.9, 0.98))
+                  betas=(0.9, 0.98), report_to=["tensorboard"])
     store, processor, ids = _store(data, tiny_model_dir)
     base = sampled_check(load_model(tiny_model_dir), processor, store, [store.samples[i] for i in ids[:16]],
                          max_new_tokens=64)
@@ -156,6 +157,10 @@ def test_flow_teaches_the_format_and_fills_the_catalog(prefect_harness, data, ti
     fmt = catalog.query("SELECT step, value FROM metrics WHERE run_id = ? AND name = 'check_format' ORDER BY step",
                         [out["run_id"]], path=db)
     assert [s for s, _ in fmt] == [50, 100]
+    # report_to: [tensorboard] mirrored every recorded metric (tag sft/<name>, same step and value)
+    want, got = catalog_scalars(db, out["run_id"]), tensorboard_scalars(home / "tracking" / out["run_id"])
+    assert set(got) == set(want) and ("sft/check_format", 100) in got
+    assert all(got[k] == pytest.approx(v, rel=1e-6) for k, v in want.items())
     assert base["check_format"] <= 0.1 and fmt[-1][1] >= 0.75, (base, fmt)
     names = {r[0] for r in catalog.query("SELECT DISTINCT name FROM metrics WHERE run_id = ?", [out["run_id"]],
                                          path=db)}

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import math
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -352,3 +355,75 @@ def test_worker_kills_its_process_group_when_its_parent_dies(tmp_path):
     assert not alive
     # in a group it does not lead (a shell, a test), it never kills anything
     assert vllm_worker.watch_parent() is None
+
+
+def test_serve_mode_commands_are_parsed_strictly():
+    """The resident engine's control channel: one JSON object per line, refused with a reason otherwise."""
+    parse = vllm_worker.parse_command
+    assert parse('{"command": "stop"}') == {"command": "stop"}
+    assert parse(vllm_worker.encode_reply(command="generate", request="/q.parquet", response="/a.parquet",
+                                          model="/ckpt/policy")) == {
+        "command": "generate", "request": "/q.parquet", "response": "/a.parquet", "model": "/ckpt/policy"}
+    assert parse('{"command": "generate", "request": "q", "response": "a", "model": null}')["model"] is None
+    refused = {
+        "not JSON": "not a JSON command", '["generate"]': "a command is a JSON object",
+        '{"command": "sleep"}': "unknown command 'sleep'", '{"command": "generate", "response": "a"}':
+        "generate needs 'request'", '{"command": "generate", "request": "q", "response": ""}':
+        "generate needs 'response'", '{"command": "generate", "request": "q", "response": "a", "model": 3}':
+        "'model' is a folder path or null", '{"command": "generate", "request": "q", "response": "a", "n": 1}':
+        "unknown key(s) ['n']",
+    }
+    for line, reason in refused.items():
+        with pytest.raises(ValueError, match=re.escape(reason)):
+            parse(line)
+    reply = vllm_worker.encode_reply(ok=True, refreshed=False)
+    assert reply.endswith("\n") and "\n" not in reply[:-1] and json.loads(reply) == {"ok": True, "refreshed": False}
+
+
+def test_serve_mode_arguments_and_command_line(tmp_path):
+    from care.models.vllm_backend import engine_settings, serve_command
+
+    args = vllm_worker.parse_args(["--serve", "--model", "m", "--dtype", "float32"])
+    assert args.serve and args.request is None and not args.sleep
+    for bad in (["--serve", "r", "s", "--model", "m"], ["--model", "m"], ["r", "s", "--model", "m", "--sleep"]):
+        with pytest.raises(SystemExit):
+            vllm_worker.parse_args(bad)
+    config = _config()
+    cpu, gpu = engine_settings(config, cuda=False), engine_settings(config, cuda=True)
+    on_cpu = serve_command("py", model=tmp_path / "m", config=config, seed=4, engine=cpu)
+    assert on_cpu[:4] == ["py", "-m", "care.models.vllm_worker", "--serve"] and "--sleep" not in on_cpu
+    assert vllm_worker.parse_args(on_cpu[3:]).model == str((tmp_path / "m").resolve())
+    on_gpu = serve_command("py", model=tmp_path / "m", config=config, seed=4, engine=gpu)
+    assert vllm_worker.parse_args(on_gpu[3:]).sleep  # sleep mode only where vLLM has it: CUDA
+
+
+def test_model_version_changes_when_the_folder_is_rewritten(tmp_path):
+    from care.models.vllm_backend import model_version
+
+    folder = tmp_path / "policy"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"a" * 10)
+    first = model_version(folder)
+    assert model_version(folder) == first and model_version(str(folder)) == first
+    os.utime(folder / "model.safetensors", ns=(1, 1))  # rewritten (same size, other time)
+    assert model_version(folder) != first
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    assert model_version(other) != model_version(folder)  # another folder is other weights until refreshed
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="this environment has vllm installed")
+def test_a_resident_engine_that_cannot_start_is_named_and_leaves_nothing(setup, tmp_path):
+    """A serve-mode worker in a python without vLLM: its start fails with the engine's name and stderr, its
+    scratch folder is removed and nothing is registered."""
+    from care.models.vllm_backend import engine_settings, resident_engine, resident_engines
+
+    config = _config(vllm_python=sys.executable)
+    with pytest.raises(VllmBackendError) as err:
+        resident_engine(sys.executable, model_dir=policy_path(setup["checkpoint"]), config=config, seed=0,
+                        engine=engine_settings(config, cuda=False), scratch=tmp_path / "engine")
+    message = str(err.value)
+    assert re.match(rf"vLLM engine vllm-engine-\d+ \(pid \d+, {re.escape(sys.executable)}\) exited with status "
+                    rf"{vllm_worker.EXIT_NO_VLLM} while starting", message), message
+    assert f"vllm is not installed in {sys.executable}" in message
+    assert not (tmp_path / "engine").exists() and resident_engines() == []

@@ -13,6 +13,10 @@ start-up), so the checks are grouped per engine start. What is checked:
   nothing left in the iteration folder, ``$TMPDIR`` or ``~`` afterwards;
 * engine errors (a model vLLM refuses) surfacing as ``VllmBackendError`` with the worker's stderr tail;
 * a worker SIGKILLed during generation leaving no process and no scratch files behind;
+* the resident engine (``rollout.vllm_resident``): refreshed to other weights it samples exactly the tokens a
+  fresh engine on those weights samples; consecutive stages of a run share one engine, which
+  ``close_engines`` stops without leaving a process or a file; an engine killed between stages fails the next
+  stage with its name, and the re-run starts a fresh one;
 * a ``care rl`` run with ``rollout.backend: vllm`` whose rollouts ``care sql`` lists with ``backend = 'vllm'``.
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,9 +43,13 @@ from care.models.inputs import PromptItem
 from care.models.loading import load_processor
 from care.models.tiny import TINY_VARIANTS, make_tiny_model
 from care.models.vllm_backend import (
+    ENGINE_DIR,
+    ResidentEngine,
     VllmBackendError,
     build_requests,
+    close_engines,
     engine_settings,
+    resident_engines,
     run_worker,
     worker_command,
     write_requests,
@@ -69,6 +78,12 @@ def _vllm_environment():
     assert probe.returncode == 0, f"{VLLM_PYTHON} cannot import vllm:\n{probe.stderr[-3000:]}"
 
 
+@pytest.fixture(autouse=True)
+def _no_engine_outlives_a_test():
+    yield
+    close_engines()
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, demo_root):
     root = tmp_path_factory.mktemp("vllm-cpu")
@@ -76,8 +91,12 @@ def setup(tmp_path_factory, demo_root):
                             **TINY_VARIANTS["vllm"])
     checkpoint = make_initial_checkpoint(model, root / "iter-00000")
     samples, cache = cached_samples(Path(demo_root), root / "cache", 3)
+    # other weights of the same architecture and tokenizer (the seed only draws the weights)
+    other = make_tiny_model(root / "tiny-vllm-b", corpus=benchmark_corpus(demo_root) + demo_corpus(), seed=1,
+                            **TINY_VARIANTS["vllm"])
     return {"root": root, "model": model, "checkpoint": checkpoint, "samples": samples, "cache": cache,
-            "processor": load_processor(policy_path(checkpoint))}
+            "processor": load_processor(policy_path(checkpoint)),
+            "checkpoint_b": make_initial_checkpoint(other, root / "b" / "iter-00000")}
 
 
 def _config(**kw) -> RolloutConfig:
@@ -158,7 +177,7 @@ def test_one_engine_serves_video_image_and_text_prompts_reproducibly(setup, tmp_
 
 
 def test_rollout_stage_with_vllm_on_cpu_matches_hf_scoring_and_repeats(setup, tmp_path):
-    config = _config(group_size=2)
+    config = _config(group_size=2, vllm_resident=False)  # a fresh engine per stage (the resident one: below)
     kw = {"run_id": "v", "iteration": 1, "checkpoint": setup["checkpoint"], "samples": setup["samples"],
           "cache": setup["cache"], "config": config, "seed": 3}
     before = _outside_files()
@@ -166,6 +185,7 @@ def test_rollout_stage_with_vllm_on_cpu_matches_hf_scoring_and_repeats(setup, tm
     second = run_rollout_stage(out_dir=tmp_path / "b", **kw)
     assert _outside_files() <= before
     assert (first["vllm_device"], first["vllm_dtype"], first["vllm_enforce_eager"]) == ("cpu", "float32", True)
+    assert first["vllm_resident"] is False and "vllm_engine" not in first
     # fp32 + eager: the engine samples from the distribution the HF forward scores (2e-3 measured; bf16: 9e-3)
     assert first["engine_logprob_gap"] < 1e-2, first
     for manifest, folder in ((first, tmp_path / "a"), (second, tmp_path / "b")):
@@ -186,10 +206,13 @@ def test_an_engine_error_surfaces_with_the_worker_stderr(setup, tmp_path, tiny_m
         run_rollout_stage(run_id="e", iteration=0, checkpoint=checkpoint, samples=setup["samples"][:1],
                           cache=setup["cache"], config=_config(), seed=0, out_dir=tmp_path / "out")
     message = str(err.value)
-    assert f"vLLM worker ({VLLM_PYTHON}) exited with status" in message
-    assert "care.models.vllm_worker: vllm 0.32.0, dtype float32, enforce_eager True" not in message.splitlines()[0]
+    first = message.splitlines()[0]  # the resident engine (the default): named, with its python
+    assert first.startswith("vLLM engine vllm-engine-") and VLLM_PYTHON in first, first
+    # vLLM 0.32 on CPU starts the engine and fails in its first forward: the engine core dies
+    assert "failed generating vllm_request.parquet: EngineDeadError" in first, first
     assert len(message.splitlines()) > 2, message  # the stderr tail, not just a status
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["vllm_request.parquet"]
+    assert not (tmp_path / ENGINE_DIR).exists() and resident_engines() == []  # nothing kept of the failed engine
 
 
 def test_a_killed_worker_leaves_no_process_and_no_files(setup, tmp_path):
@@ -250,4 +273,148 @@ def test_care_rl_with_the_vllm_backend_on_cpu(setup, tmp_path, demo_root):
     rows = sql(home, "select backend, iteration, count(*) as n from rollouts where run_id = 'rl-vllm' "
                      "group by all order by all")
     assert rows == [{"backend": "vllm", "iteration": 0, "n": 4}, {"backend": "vllm", "iteration": 1, "n": 4}]
-    assert not list(home.rglob(".vllm-scratch")) and not list(home.rglob("vllm_request.parquet"))
+    # the resident engine (the default) was stopped when `care rl` exited, its scratch folder removed
+    assert not list(home.rglob(".vllm-scratch")) and not list(home.rglob(ENGINE_DIR))
+    assert not list(home.rglob("vllm_request.parquet"))
+
+
+def _tokens(path: Path) -> list[list[int]]:
+    return [r["token_ids"] for r in sorted(pq.read_table(path).to_pylist(),
+                                           key=lambda r: (r["prompt_index"], r["sample_index"]))]
+
+
+def test_a_refreshed_engine_samples_what_a_fresh_engine_on_the_same_weights_samples(setup, tmp_path):
+    """Weights A, generate; refresh to weights B (A's folder removed meanwhile: the engine keeps nothing of
+    it), generate; a fresh one-shot engine on B samples exactly the same tokens with the same seeds."""
+    config = _config(group_size=3)
+    items, rates = prompt_items(setup["samples"], setup["cache"])
+    request = tmp_path / "req.parquet"
+    write_requests(request, build_requests(setup["processor"], items, rates, config=config, seeds=[7, 8, 9]))
+    weights_a = tmp_path / "a"
+    shutil.copytree(policy_path(setup["checkpoint"]), weights_a)
+    weights_b = policy_path(setup["checkpoint_b"])
+    engine = ResidentEngine(VLLM_PYTHON, model_dir=weights_a, config=config, seed=0,
+                            engine=engine_settings(config), scratch=tmp_path / "engine")
+    try:
+        on_a = engine.generate(request, tmp_path / "on_a.parquet", model_dir=weights_a)
+        shutil.rmtree(weights_a)
+        on_b = engine.generate(request, tmp_path / "on_b.parquet", model_dir=weights_b)
+        again = engine.generate(request, tmp_path / "again.parquet", model_dir=weights_b)
+        pid = engine.pid
+    finally:
+        engine.close()
+    assert (on_a["refreshed"], on_b["refreshed"], again["refreshed"]) == (False, True, False)
+    assert not psutil.pid_exists(pid) and not (tmp_path / "engine").exists()
+    fresh = tmp_path / "fresh.parquet"
+    run_worker(worker_command(VLLM_PYTHON, request, fresh, model=weights_b, config=config, seed=0,
+                              engine=engine_settings(config)), scratch=tmp_path / "scratch",
+               engine=engine_settings(config))
+    assert _tokens(tmp_path / "on_b.parquet") == _tokens(fresh) == _tokens(tmp_path / "again.parquet")
+    assert _tokens(tmp_path / "on_a.parquet") != _tokens(fresh)  # the weights decide: the refresh took effect
+    by = {n: sorted(pq.read_table(tmp_path / f"{n}.parquet").to_pylist(),
+                    key=lambda r: (r["prompt_index"], r["sample_index"])) for n in ("on_b", "fresh")}
+    for refreshed, started in zip(by["on_b"], by["fresh"], strict=True):
+        assert np.allclose(refreshed["engine_logprobs"], started["engine_logprobs"], atol=1e-5)
+
+
+def _stage(setup, out_dir: Path, *, iteration: int, checkpoint, config: RolloutConfig) -> dict:
+    return run_rollout_stage(run_id="res", iteration=iteration, checkpoint=checkpoint, samples=setup["samples"],
+                             cache=setup["cache"], config=config, seed=3, out_dir=out_dir)
+
+
+def test_consecutive_rollout_stages_share_one_engine_until_close_engines(setup, tmp_path):
+    config = _config()
+    run = tmp_path / "rollouts" / "run=res"
+    before = _outside_files()
+    first = _stage(setup, run / "iteration=0", iteration=0, checkpoint=setup["checkpoint"], config=config)
+    second = _stage(setup, run / "iteration=1", iteration=1, checkpoint=setup["checkpoint_b"], config=config)
+    retried = _stage(setup, run / "retry", iteration=1, checkpoint=setup["checkpoint_b"], config=config)
+    assert first["vllm_engine"] == second["vllm_engine"] == retried["vllm_engine"]
+    assert first["vllm_engine_pid"] == second["vllm_engine_pid"] == retried["vllm_engine_pid"]
+    assert [m["vllm_refreshed"] for m in (first, second, retried)] == [False, True, False]
+    assert first["vllm_start_seconds"] > 0 and second["vllm_start_seconds"] == retried["vllm_start_seconds"] == 0
+    a, b = (pq.read_table(m["path"]).to_pylist() for m in (second, retried))
+    assert [r["completion_ids"] for r in a] == [r["completion_ids"] for r in b]  # same state and seeds
+    assert all(len(r["behaviour_logprobs"]) == r["completion_tokens"] > 0 for r in a)
+    for it in ("iteration=0", "iteration=1"):
+        assert sorted(p.name for p in (run / it).iterdir()) == ["generated.parquet", "vllm_response.parquet"]
+    assert (run / ENGINE_DIR).is_dir()  # the run's engine, not an iteration's
+    [engine] = resident_engines()
+    processes = [psutil.Process(engine.pid), *psutil.Process(engine.pid).children(recursive=True)]
+    assert len(processes) > 1  # the worker and vLLM's engine core
+    close_engines()
+    _, alive = psutil.wait_procs(processes, timeout=60)
+    assert not alive, [p.pid for p in alive]
+    assert resident_engines() == [] and not (run / ENGINE_DIR).exists()
+    assert _outside_files() <= before
+
+
+def test_an_engine_killed_between_stages_fails_the_next_stage_and_a_rerun_starts_a_fresh_one(setup, tmp_path):
+    config = _config()
+    run = tmp_path / "run=k"
+    first = _stage(setup, run / "iteration=0", iteration=0, checkpoint=setup["checkpoint"], config=config)
+    [engine] = resident_engines()
+    engine_core = psutil.Process(engine.pid).children(recursive=True)
+    os.killpg(first["vllm_engine_pid"], signal.SIGKILL)  # e.g. the OOM killer; the whole group goes
+    _, alive = psutil.wait_procs(engine_core, timeout=60)  # not the worker: reaping it is the engine's business
+    assert not alive
+    with pytest.raises(VllmBackendError) as err:
+        _stage(setup, run / "iteration=1", iteration=1, checkpoint=setup["checkpoint_b"], config=config)
+    message = str(err.value)
+    assert message.startswith(f"vLLM engine {first['vllm_engine']} (pid {first['vllm_engine_pid']}, "
+                              f"{VLLM_PYTHON}) exited with status"), message
+    assert "SIGKILL" in message.splitlines()[0]
+    assert resident_engines() == [] and not (run / ENGINE_DIR).exists()
+    assert not (run / "iteration=1" / "generated.parquet").exists()
+    rerun = _stage(setup, run / "iteration=1", iteration=1, checkpoint=setup["checkpoint_b"], config=config)
+    assert rerun["vllm_engine"] != first["vllm_engine"] and rerun["vllm_engine_pid"] != first["vllm_engine_pid"]
+    assert rerun["vllm_start_seconds"] > 0 and rerun["rows"] == len(setup["samples"]) * config.group_size
+
+
+def _two_iterations_on_vllm(root: Path, setup, data, demo_root, procs: int) -> list[tuple[dict, list[dict]]]:
+    from care.store.rollout_log import read_rows
+    from care.train import gang, warm
+    from care.train.config import RLConfig
+    from care.train.iteration import initial_state, run_iteration
+
+    warm.clear()
+    rollout = _config(group_size=2, prompts_per_iteration=2, generation_batch_prompts=1).model_dump()
+    config = RLConfig.model_validate({
+        "run_name": "vllm-gang", "model": str(setup["model"]), "data_root": str(demo_root), "shuffle_options": False,
+        "iterations": 2, "seed": 0, "rollout": rollout, "scoring": {"scoring_batch_size": 2},
+        # linear in the gradient (large eps): the ranks' float-rounded gradients give the same weights to ~1e-6
+        "optim": {"learning_rate": 1.0, "adam_eps": 1.0, "weight_decay": 0.0, "micro_batch_size": 2,
+                  "lr_scheduler": "constant", "num_processes": procs}})
+    state = initial_state(config, data, checkpoints=root / "checkpoints", rollouts_root=root / "rollouts")
+    ids = sorted(s.sample_id for s in data.load().samples)
+    out = []
+    try:
+        for _ in range(2):
+            result = run_iteration(config, state, data=data, sample_ids=ids, rollouts_root=root / "rollouts",
+                                   timeout_s=600)
+            state = result.state
+            out.append((result.rollout, read_rows(Path(result.rollout["path"]))))
+    finally:
+        gang.close_all()
+        close_engines()
+    return out
+
+
+def test_vllm_rollouts_on_a_two_rank_gang_equal_one_process(setup, demo_root, tmp_path):
+    """backend vllm with optim.num_processes 2: the engine beside the flow, the policy folder between checkpoints
+    written by rank 0, the behaviour log-probs on both ranks; the rows equal those of one process (tokens
+    exactly, behaviour log-probs to 2e-5, the weights after the update differing by float rounding only)."""
+    from tests.rl_helpers import cache_demo
+
+    data = cache_demo(tmp_path / "home", Path(demo_root))
+    one = _two_iterations_on_vllm(tmp_path / "one", setup, data, demo_root, 1)
+    two = _two_iterations_on_vllm(tmp_path / "two", setup, data, demo_root, 2)
+    for (_, rows1), (m2, rows2) in zip(one, two, strict=True):
+        assert [r["completion_ids"] for r in rows1] == [r["completion_ids"] for r in rows2]
+        for a, b in zip(rows1, rows2, strict=True):
+            np.testing.assert_allclose(a["behaviour_logprobs"], b["behaviour_logprobs"], rtol=0, atol=2e-5)
+        assert m2["engine_logprob_gap"] < 1e-2 and m2["vllm_resident"]
+    assert two[0][0]["vllm_engine_pid"] == two[1][0]["vllm_engine_pid"]  # one engine for the run
+    assert two[1][0]["vllm_refreshed"]  # iteration 1 ran on the policy folder the gang wrote
+    assert not list((tmp_path / "two" / "rollouts").rglob(".policy-*"))
+    assert not list((tmp_path / "two" / "rollouts").rglob(".completions.json"))

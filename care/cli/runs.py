@@ -63,8 +63,25 @@ def headline_text(headline: dict) -> str:
     return "  ".join(parts)
 
 
+TIMING_COLUMNS = {"stage": "stage", "n": "iterations", "seconds": "seconds", "compute_seconds": "compute s",
+                  "tokens_per_second": "tokens/s", "tokens_per_second_per_device": "tokens/s/device",
+                  "peak_memory_mib": "peak MiB"}
+
+
+def timing_table(rows: list[dict]) -> Table:
+    """Per-stage timing: medians over iterations (compute s = generation / reference forward; optimise seconds
+    = its update steps), and the largest peak memory (GPU allocated, else RSS, of the flow's process)."""
+    shown = [{TIMING_COLUMNS[k]: v for k, v in r.items() if k in TIMING_COLUMNS} for r in rows]
+    columns = [c for c in TIMING_COLUMNS.values() if any(r.get(c) is not None for r in shown)]
+    table = _table("timing (median per iteration)", shown, columns)
+    table.caption = ("compute s: generation (rollout), reference forward (scoring); peak MiB: the largest, "
+                     "torch.cuda.max_memory_allocated on a GPU, else peak RSS, of the flow's process")
+    return table
+
+
 def show_command(ctx: typer.Context, run_id: str = typer.Argument(..., help="Run id (see `care runs`).")) -> None:
-    """Show one run: status, config, stages with timings, metric summaries, checkpoints, evaluations, files."""
+    """Show one run: status, config, stages with timings, per-stage timing (median seconds, tokens/s, peak memory),
+    metric summaries, checkpoints, evaluations, files."""
     st = state(ctx)
     info = show_run(st.workspace.catalog_path, run_id, st.workspace.run_dir(run_id))
     if st.json:
@@ -79,5 +96,7 @@ def show_command(ctx: typer.Context, run_id: str = typer.Argument(..., help="Run
     for title in ("stages", "metrics", "checkpoints", "evaluations"):
         if info[title]:
             console.print(_table(title, info[title]))
+        if title == "stages" and info.get("timing"):
+            console.print(timing_table(info["timing"]))
     if info["files"]:
         console.print("files:\n  " + "\n  ".join(info["files"]))

@@ -36,6 +36,7 @@ METRIC_TITLES = {
     "bonus_rate": ("Consistency bonus rate", "share of rollouts"),
     "consistency_likelihood_mean": ("Reference likelihood of the answer (mean)", "likelihood"),
     "accuracy": ("Accuracy", "accuracy"),
+    "stage_seconds": ("Seconds per stage per iteration", "seconds"),
 }
 # Metrics that are shares: drawn on a fixed 0-100 % axis so runs and steps compare at a glance.
 SHARE_METRICS = {"bonus_rate", "accuracy", "consistency_likelihood_mean"}

@@ -16,6 +16,12 @@ files in the iteration's output folder:
    ``hf`` backend and the update use), so the optimisation stage's PPO ratio starts at exactly 1 whatever
    vLLM's numerics; the engine's own log-probs are only compared (``logprob_gap``).
 
+Life cycle (``rollout.vllm_resident``, docs/vllm.md "The engine's life cycle"): by default one engine serves
+every rollout stage of a run (``ResidentEngine``, ``python -m care.models.vllm_worker --serve``), kept in a
+module-level registry (``resident_engine``) and refreshed with the stage's weights through vLLM's in-place
+``reload_weights``; ``close_engines`` stops them (the flow calls it at the end of a run; also registered with
+atexit). ``vllm_resident: false`` starts a fresh one-shot worker per stage (``run_worker``).
+
 Seeds: prompt g of the iteration gets ``vllm_prompt_seed`` = base + g * G; vLLM seeds child i with seed + i, so
 no two completions of an iteration share a seed. Engine settings (dtype, eager) are chosen per device
 (``engine_settings``). Tested on CPU without vLLM (``tests/test_vllm_backend.py``: files, rows, errors) and with
@@ -25,13 +31,18 @@ run); ``test_vllm_rollouts_on_a_gpu`` (marked ``gpu``) runs the stage on a CUDA 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import hashlib
+import json
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,7 +56,7 @@ from care.errors import CareError
 from care.models.generation import Completion, chunk_seed
 from care.models.inputs import PromptItem
 from care.models.loading import suppressed_token_ids
-from care.models.vllm_worker import REQUEST_SCHEMA, RESPONSE_SCHEMA, write_table_atomic
+from care.models.vllm_worker import REQUEST_SCHEMA, RESPONSE_SCHEMA, encode_reply, write_table_atomic
 from care.train.config import RolloutConfig
 
 REQUEST_FILE = "vllm_request.parquet"
@@ -54,7 +65,9 @@ WORKER_MODULE = "care.models.vllm_worker"
 WORKER_TIMEOUT_S = 4 * 3600  # engine start-up (minutes for a 7B model) plus generation of one iteration
 STDERR_TAIL_LINES = 25
 SCRATCH_DIR = ".vllm-scratch"  # in the iteration's folder, removed when the worker has exited
+ENGINE_DIR = ".vllm-engine"  # the resident engine's scratch: next to the iterations of a run, removed at close
 IPC_DIR = "ipc"  # in the scratch folder: the worker's working directory, where the engine's sockets go
+STOP_TIMEOUT_S = 60  # a stopping engine gets this long to exit before its process group is killed
 
 log = logging.getLogger(__name__)
 
@@ -149,15 +162,20 @@ def engine_settings(config: RolloutConfig, *, cuda: bool | None = None) -> Engin
     return EngineSettings(device=device, dtype=dtype, enforce_eager=eager, cpu_kvcache_gib=config.vllm_cpu_kvcache_gib)
 
 
-def worker_command(python: str | Path, request: Path, response: Path, *, model: Path,
-                   config: RolloutConfig, seed: int, engine: EngineSettings) -> list[str]:
-    # absolute paths: the worker runs in its scratch folder (worker_env)
-    command = [str(python), "-m", WORKER_MODULE, str(Path(request).resolve()), str(Path(response).resolve()),
-               "--model", str(Path(model).resolve()),
+def engine_options(*, model: Path, config: RolloutConfig, seed: int, engine: EngineSettings) -> list[str]:
+    """The worker's engine arguments, the same in both modes (absolute paths: it runs in its scratch folder)."""
+    options = ["--model", str(Path(model).resolve()),
                "--tensor-parallel-size", str(config.vllm_tensor_parallel_size),
                "--gpu-memory-utilization", str(config.vllm_gpu_memory_utilization), "--seed", str(seed),
                "--dtype", engine.dtype]
-    return [*command, "--enforce-eager"] if engine.enforce_eager else command
+    return [*options, "--enforce-eager"] if engine.enforce_eager else options
+
+
+def worker_command(python: str | Path, request: Path, response: Path, *, model: Path,
+                   config: RolloutConfig, seed: int, engine: EngineSettings) -> list[str]:
+    """The one-shot worker's command line: one request file answered, then it exits."""
+    return [str(python), "-m", WORKER_MODULE, str(Path(request).resolve()), str(Path(response).resolve()),
+            *engine_options(model=model, config=config, seed=seed, engine=engine)]
 
 
 def worker_env(scratch: Path, engine: EngineSettings | None = None) -> dict[str, str]:
@@ -275,16 +293,263 @@ def logprob_gap(behaviour: Sequence[Sequence[float]], engine: Sequence[Sequence[
     return max(gaps, default=0.0)
 
 
+def serve_command(python: str | Path, *, model: Path, config: RolloutConfig, seed: int,
+                  engine: EngineSettings) -> list[str]:
+    """The resident engine's command line: the worker's serve mode, sleeping between stages on a GPU."""
+    command = [str(python), "-m", WORKER_MODULE, "--serve",
+               *engine_options(model=model, config=config, seed=seed, engine=engine)]
+    return [*command, "--sleep"] if engine.device == "cuda" else command
+
+
+def model_version(model_dir: str | Path) -> str:
+    """What identifies the weights of a model folder for the resident engine: its path and the name, size and
+    modification time of each file in it. A folder rewritten in place (a new save_pretrained) gets a new
+    version, so the engine refreshes; the same folder again (a retried stage) does not."""
+    folder = Path(model_dir).resolve()
+    h = hashlib.sha256(str(folder).encode())
+    for f in sorted(folder.iterdir()) if folder.is_dir() else ():
+        if f.is_file():
+            st = f.stat()
+            h.update(f"\0{f.name}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+class ResidentEngine:
+    """One vLLM engine in a serve-mode worker (``python -m care.models.vllm_worker --serve``), started once and
+    asked to generate stage after stage, its weights refreshed whenever the stage's model folder changes.
+
+    The worker runs as ``run_worker``'s does: a process group of its own (``close`` kills it), the environment
+    of ``worker_env`` with ``scratch`` as its scratch folder (which ``close`` removes; it must outlive the
+    stages: one per run) and the orphan guard ``vllm_worker.watch_parent`` (this process killed -> the engine
+    goes within half a second; its stdin closing ends it as well). Commands and replies are JSON lines on the
+    worker's stdin / stdout (``vllm_worker.parse_command``); its stderr goes to ``scratch/engine.stderr``.
+
+    A worker that has exited or closed its channel, or a failed command, raises ``VllmBackendError`` naming
+    the engine with its stderr tail; the engine is then closed and never used again (``resident_engine``
+    starts a fresh one on the next call)."""
+
+    _count = 0
+
+    def __init__(self, python: str | Path, *, model_dir: str | Path, config: RolloutConfig, seed: int,
+                 engine: EngineSettings, scratch: str | Path, timeout: float = WORKER_TIMEOUT_S) -> None:
+        ResidentEngine._count += 1
+        self.name = f"vllm-engine-{ResidentEngine._count}"
+        self.python, self.settings, self.scratch, self.timeout = str(python), engine, Path(scratch), timeout
+        self.command = serve_command(python, model=Path(model_dir), config=config, seed=seed, engine=engine)
+        self.proc: subprocess.Popen | None = None
+        self.loaded: str | None = None  # model_version of the weights the engine holds
+        self.start_seconds = 0.0
+        self.generations = 0  # generate commands answered
+        self._buffer = b""
+        self._lock = threading.Lock()
+        self._start(Path(model_dir))
+
+    # -- process ------------------------------------------------------------------------------------------
+    def _start(self, model_dir: Path) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)  # what a killed predecessor left
+        self.scratch.mkdir(parents=True)
+        env = worker_env(self.scratch, self.settings)
+        t0 = time.perf_counter()
+        with (self.scratch / "engine.stderr").open("w") as err:
+            self.proc = subprocess.Popen(self.command, env=env, cwd=self.scratch / IPC_DIR, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=err, start_new_session=True)
+        try:
+            ready = self._reply("starting", timeout=self.timeout)
+        except BaseException:
+            self.close(graceful=False)
+            raise
+        if ready.get("event") != "ready":
+            self.close(graceful=False)
+            raise VllmBackendError(f"{self.describe()} sent {ready} instead of its ready line")
+        self.loaded = model_version(model_dir)
+        self.start_seconds = time.perf_counter() - t0
+        log.info("%s started in %.1f s (%s, pid %d)", self.name, self.start_seconds, self.settings.describe(),
+                 self.proc.pid)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def describe(self) -> str:
+        return f"vLLM engine {self.name} (pid {self.pid}, {self.python})"
+
+    def stderr_tail(self) -> str:
+        path = self.scratch / "engine.stderr"
+        return _tail(path.read_text(errors="replace")) if path.is_file() else ""
+
+    def _gone(self, doing: str) -> VllmBackendError:
+        """The error for a worker that exited or closed its channel; the engine is closed."""
+        code = None
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = self.proc.wait(timeout=5)
+        tail = self.stderr_tail() or "(no stderr)"
+        status = f"exited with status {code}" if code is not None else "closed its control channel"
+        if code is not None and code < 0:
+            status += f" (killed by {signal.Signals(-code).name})"
+        error = VllmBackendError(f"{self.describe()} {status} while {doing}; last stderr lines:\n{tail}")
+        self.close(graceful=False)
+        return error
+
+    # -- channel ------------------------------------------------------------------------------------------
+    def _send(self, command: dict, doing: str) -> None:
+        if not self.alive():
+            raise self._gone(doing)
+        try:
+            self.proc.stdin.write(encode_reply(**command).encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise self._gone(doing) from None
+
+    def _reply(self, doing: str, *, timeout: float) -> dict:
+        """The next JSON line from the worker; VllmBackendError when it dies, closes the channel or takes
+        longer than ``timeout``."""
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.close(graceful=False)
+                raise VllmBackendError(f"{self.describe()} did not answer within {timeout:.0f} s while {doing}; "
+                                       f"last stderr lines:\n{self.stderr_tail()}")
+            readable, _, _ = select.select([fd], [], [], min(left, 0.5))
+            if readable:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    raise self._gone(doing)
+                self._buffer += chunk
+            elif self.proc.poll() is not None:
+                raise self._gone(doing)
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        try:
+            reply = json.loads(line)
+        except json.JSONDecodeError:
+            reply = None
+        if not isinstance(reply, dict):
+            self.close(graceful=False)
+            raise VllmBackendError(f"{self.describe()} wrote {line[:200]!r} on its control channel while {doing}")
+        return reply
+
+    # -- commands -----------------------------------------------------------------------------------------
+    def generate(self, request: str | Path, response: str | Path, *, model_dir: str | Path) -> dict:
+        """Answer ``request`` into ``response`` with the weights of ``model_dir``: refreshed first unless the
+        engine already holds them (``model_version``). Returns the worker's reply (``refreshed``,
+        ``refresh_seconds``, ``generate_seconds``, ``prompts``, ``completions``)."""
+        with self._lock:
+            version = model_version(model_dir)
+            refresh = version != self.loaded
+            command = {"command": "generate", "request": str(Path(request).resolve()),
+                       "response": str(Path(response).resolve()),
+                       "model": str(Path(model_dir).resolve()) if refresh else None}
+            doing = f"generating {Path(request).name}" + (f" after a refresh from {model_dir}" if refresh else "")
+            self.loaded = None  # unknown until the worker confirms
+            self._send(command, doing)
+            reply = self._reply(doing, timeout=self.timeout)
+            if not reply.get("ok"):
+                error = VllmBackendError(f"{self.describe()} failed {doing}: {reply.get('error')}; last stderr "
+                                         f"lines:\n{self.stderr_tail()}")
+                self.close(graceful=False)  # its state (half-loaded weights, a dead engine core) is unknown
+                raise error
+            self.loaded = version
+            self.generations += 1
+            return reply
+
+    def close(self, *, graceful: bool = True) -> None:
+        """Stop the engine (``stop``, then the process group killed once the worker has exited or after
+        ``STOP_TIMEOUT_S``; at once when not ``graceful``) and remove its scratch folder. Idempotent."""
+        _unregister(self)
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            if graceful and proc.poll() is None:
+                with contextlib.suppress(OSError, ValueError):
+                    proc.stdin.write(encode_reply(command="stop").encode())
+                    proc.stdin.flush()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=STOP_TIMEOUT_S)
+            for pipe in (proc.stdin, proc.stdout):
+                with contextlib.suppress(OSError, ValueError):
+                    pipe.close()
+            self.proc = proc  # for describe() in messages; poll() says it is gone
+            _kill_group(proc)  # the engine-core processes, should vLLM have left any
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+_ENGINES: dict[tuple, ResidentEngine] = {}
+_REGISTRY_LOCK = threading.Lock()
+_START_LOCK = threading.Lock()
+
+
+def _unregister(engine: ResidentEngine) -> None:
+    with _REGISTRY_LOCK:
+        for key in [k for k, e in _ENGINES.items() if e is engine]:
+            del _ENGINES[key]
+
+
+def engine_key(python: str | Path, *, config: RolloutConfig, seed: int, engine: EngineSettings,
+               scratch: str | Path) -> tuple:
+    """What a resident engine is shared by: the vLLM python, the engine settings, tensor parallelism, memory
+    share, engine seed and its scratch folder (one per run: ``care.train.rollout`` puts it next to the run's
+    iteration folders)."""
+    return (str(Path(python).resolve()), engine, config.vllm_tensor_parallel_size,
+            config.vllm_gpu_memory_utilization, int(seed), str(Path(scratch).resolve()))
+
+
+def resident_engine(python: str | Path, *, model_dir: str | Path, config: RolloutConfig, seed: int,
+                    engine: EngineSettings, scratch: str | Path) -> ResidentEngine:
+    """The registered engine of ``engine_key``, or a new one started on ``model_dir``.
+
+    A registered engine is returned even if it has died meanwhile: its next command then raises
+    ``VllmBackendError`` (the stage fails, naming it) and unregisters it, and the stage's re-run starts a fresh
+    one. So an engine crash is reported, never papered over by a silent restart in every iteration."""
+    key = engine_key(python, config=config, seed=seed, engine=engine, scratch=scratch)
+    with _START_LOCK:  # one start at a time, so two stages never start two engines for one key
+        with _REGISTRY_LOCK:
+            current = _ENGINES.get(key)
+        if current is not None:
+            return current
+        started = ResidentEngine(python, model_dir=model_dir, config=config, seed=seed, engine=engine,
+                                 scratch=scratch)
+        with _REGISTRY_LOCK:
+            _ENGINES[key] = started
+        return started
+
+
+def resident_engines() -> list[ResidentEngine]:
+    """The engines registered now (started, not closed)."""
+    with _REGISTRY_LOCK:
+        return list(_ENGINES.values())
+
+
+def close_engines() -> None:
+    """Stop every resident engine of this process and remove their scratch folders: call it at the end of an
+    RL run (also registered with atexit)."""
+    for engine in resident_engines():
+        engine.close()
+
+
+atexit.register(close_engines)
+
+
 @dataclass(frozen=True)
 class VllmGeneration:
     """What the engine returned for one stage: completions (prompt-major), the expanded prompt lengths, the
-    engine's own log-probs of the sampled tokens, the wall time of the worker and the settings it ran with."""
+    engine's own log-probs of the sampled tokens, the wall time of the engine work (start-up and refresh
+    included) and the settings it ran with; for a resident engine also its name and pid, and what the stage
+    spent starting it (0 when it was running already) and refreshing its weights (0 when they were current)."""
 
     completions: list[Completion]
     prompt_tokens: list[int]
     engine_logprobs: list[list[float]]
     seconds: float
     engine: EngineSettings
+    engine_name: str | None = None
+    engine_pid: int | None = None
+    start_seconds: float = 0.0
+    refresh_seconds: float = 0.0
+    refreshed: bool = False
 
 
 def vllm_prompt_seeds(seed: int, iteration: int, prompts: int, group_size: int) -> list[int]:
@@ -293,13 +558,19 @@ def vllm_prompt_seeds(seed: int, iteration: int, prompts: int, group_size: int) 
 
 
 def generate_vllm(processor, items: Sequence[PromptItem], rates: Sequence[float | None], *, seeds: Sequence[int],
-                  model_dir: str | Path, config: RolloutConfig, seed: int, work_dir: str | Path) -> VllmGeneration:
+                  model_dir: str | Path, config: RolloutConfig, seed: int, work_dir: str | Path,
+                  engine_dir: str | Path | None = None) -> VllmGeneration:
     """The ``vllm`` rollout backend: ``config.group_size`` completions per prompt item from the model folder
     ``model_dir``, sampled by the worker in the vLLM environment.
 
     ``rates[k]``: the fps of item k's frames; ``seeds[k]``: its request seed; ``seed``: the engine's. The request
-    and response files and the worker's scratch folder live in ``work_dir``; the request (raw frames) is removed
-    once answered, the response kept for inspection."""
+    and response files live in ``work_dir``; the request (raw frames) is removed once answered, the response
+    kept for inspection.
+
+    With ``config.vllm_resident`` the resident engine of ``engine_dir`` (its scratch folder, which must
+    outlive the stage; default ``work_dir/../.vllm-engine``, one per run in the rollout log's layout) answers,
+    started on first use and refreshed to ``model_dir``'s weights when they changed; otherwise a fresh
+    one-shot worker does, with its scratch folder in ``work_dir``."""
     python = resolve_vllm_python(config.vllm_python)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -310,11 +581,22 @@ def generate_vllm(processor, items: Sequence[PromptItem], rates: Sequence[float 
     log.info("%s (rollout.vllm_dtype=%s, rollout.vllm_enforce_eager=%s)", engine.describe(), config.vllm_dtype,
              config.vllm_enforce_eager)
     t0 = time.perf_counter()
-    run_worker(worker_command(python, request, response, model=Path(model_dir), config=config, seed=seed,
-                              engine=engine), scratch=work_dir / SCRATCH_DIR, engine=engine)
+    extra: dict = {}
+    if config.vllm_resident:
+        scratch = Path(engine_dir) if engine_dir is not None else work_dir.parent / ENGINE_DIR
+        served = resident_engine(python, model_dir=model_dir, config=config, seed=seed, engine=engine,
+                                 scratch=scratch)
+        starting = served.start_seconds if served.generations == 0 else 0.0  # this stage started it
+        reply = served.generate(request, response, model_dir=model_dir)
+        extra = {"engine_name": served.name, "engine_pid": served.pid, "start_seconds": starting,
+                 "refresh_seconds": float(reply["refresh_seconds"]) if reply["refreshed"] else 0.0,
+                 "refreshed": bool(reply["refreshed"])}
+    else:
+        run_worker(worker_command(python, request, response, model=Path(model_dir), config=config, seed=seed,
+                                  engine=engine), scratch=work_dir / SCRATCH_DIR, engine=engine)
     seconds = time.perf_counter() - t0
     request.unlink()
     completions, info = read_responses(response, prompts=len(items), group_size=config.group_size,
                                        tokenizer=processor.tokenizer)
     return VllmGeneration(completions=completions, prompt_tokens=info["prompt_tokens"],
-                          engine_logprobs=info["engine_logprobs"], seconds=seconds, engine=engine)
+                          engine_logprobs=info["engine_logprobs"], seconds=seconds, engine=engine, **extra)

@@ -3,6 +3,23 @@
     python -m care.models.vllm_worker REQUEST.parquet RESPONSE.parquet --model CKPT/policy \\
         [--tensor-parallel-size N] [--gpu-memory-utilization X] [--seed S] [--max-model-len L] \\
         [--dtype float32|bfloat16|float16|auto] [--enforce-eager]
+    python -m care.models.vllm_worker --serve --model CKPT/policy [same engine options] [--sleep]
+
+One-shot mode (the first form) starts the engine, answers one request file and exits. Serve mode (``--serve``,
+the resident engine of ``care.models.vllm_backend.ResidentEngine``) starts the engine once and then answers
+commands from a control channel: one JSON object per line on stdin, one JSON reply per line on the stdout the
+worker was started with (``open_channel`` moves vLLM's own stdout output to stderr first). Commands
+(``parse_command``):
+
+    {"command": "generate", "request": REQ.parquet, "response": RESP.parquet, "model": DIR or null}
+        -> {"ok": true, "command": "generate", "refreshed": bool, "refresh_seconds": s, "generate_seconds": s,
+            "prompts": n, "completions": m}
+    {"command": "stop"}  -> {"ok": true, "command": "stop"}, then the worker exits
+    anything else        -> {"ok": false, "error": "..."}
+
+``model`` (optional) is a save_pretrained folder of the same architecture whose weights replace the engine's
+before it generates (``ServedEngine.refresh``); stdin closing (the parent gone) ends the loop like ``stop``.
+Before the first command the worker sends {"event": "ready", "pid": ..., "vllm": version, "start_seconds": s}.
 
 It may import only the standard library, numpy, pyarrow and vllm (``tests/test_vllm_backend.py`` checks this by
 scanning the imports): vLLM pins its own torch/transformers/fastapi, which conflict with the main environment, so
@@ -42,20 +59,35 @@ of vLLM by ``tests/test_vllm_cpu.py``; ``test_vllm_rollouts_on_a_gpu`` runs it o
 - ``logprobs=0`` returns the log-prob of each sampled token only. These are the engine's numbers (vLLM's
   default: from the raw logits); the parent recomputes the behaviour log-probs with the HF policy forward and
   keeps these only for comparison.
+- Refreshing the weights of a running engine (serve mode): the worker method ``reload_weights`` (vLLM 0.32:
+  ``vllm/v1/worker/gpu_worker.py::Worker.reload_weights`` -> ``GPUModelRunner.reload_weights`` ->
+  ``vllm/model_executor/model_loader/reload/inplace.py::reload_weights``), called on every worker with
+  ``LLM.collective_rpc("reload_weights", kwargs={"weights_path": DIR})``; ``CPUWorker`` inherits it. It loads
+  the checkpoint through the model's own ``load_weights`` (layer-wise, into the existing parameters) and
+  clears the runner's encoder and multimodal caches; the worker then resets the scheduler's encoder cache
+  (``LLMEngine.reset_encoder_cache``) and the prefix cache (``LLM.reset_prefix_cache``), so no KV block or
+  vision embedding computed with the old weights is reused. There is no ``LLM.reload_weights`` in 0.32.
+- Sleep mode (``--sleep``, CUDA only: ``Platform.is_sleep_mode_available``; ``CPUWorker.sleep`` only logs a
+  warning): ``LLM(enable_sleep_mode=True)``; after each generate ``LLM.sleep(level=1)`` moves the weights to
+  CPU memory and drops the KV cache, freeing the GPU for the trainer; before the next one ``LLM.wake_up``
+  (``tags=["weights"]``, the refresh, then ``tags=["kv_cache"]`` when the weights change).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import math
 import os
 import signal
 import sys
 import threading
 import time
+import traceback
 import uuid
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import pyarrow as pa
@@ -213,8 +245,10 @@ def check_transformers() -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m care.models.vllm_worker", description=__doc__.splitlines()[0])
-    ap.add_argument("request", help="request Parquet written by care.models.vllm_backend")
-    ap.add_argument("response", help="response Parquet to write")
+    ap.add_argument("request", nargs="?", help="request Parquet written by care.models.vllm_backend (one-shot)")
+    ap.add_argument("response", nargs="?", help="response Parquet to write (one-shot)")
+    ap.add_argument("--serve", action="store_true",
+                    help="resident engine: answer JSON-line commands on stdin until 'stop' or end of input")
     ap.add_argument("--model", required=True, help="save_pretrained folder of the policy (weights + processor)")
     ap.add_argument("--tensor-parallel-size", type=int, default=1)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.6)
@@ -223,7 +257,62 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                     help="engine dtype; 'auto' lets vLLM choose (it downcasts fp32 checkpoints to bf16)")
     ap.add_argument("--enforce-eager", action="store_true", help="no torch.compile / CUDA graphs")
-    return ap.parse_args(argv)
+    ap.add_argument("--sleep", action="store_true",
+                    help="serve mode on a GPU: sleep (level 1) between commands, freeing the GPU memory")
+    args = ap.parse_args(argv)
+    if args.serve and (args.request or args.response):
+        ap.error("--serve takes its request and response files from the generate commands, not as arguments")
+    if not args.serve and not (args.request and args.response):
+        ap.error("one-shot mode needs REQUEST and RESPONSE (or --serve)")
+    if args.sleep and not args.serve:
+        ap.error("--sleep is for --serve")
+    return args
+
+
+def parse_command(line: str) -> dict:
+    """One control-channel command (a JSON object on one line), checked: ``{"command": "stop"}`` or
+    ``{"command": "generate", "request": path, "response": path, "model": path or null}``. Raises ValueError
+    with what is wrong.
+
+    >>> parse_command('{"command": "generate", "request": "q.parquet", "response": "a.parquet"}')["model"] is None
+    True
+    """
+    try:
+        command = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not a JSON command: {exc}") from None
+    if not isinstance(command, dict):
+        raise ValueError(f"a command is a JSON object, got {type(command).__name__}")
+    name = command.get("command")
+    if name == "stop":
+        return {"command": "stop"}
+    if name != "generate":
+        raise ValueError(f"unknown command {name!r}: expected 'generate' or 'stop'")
+    for key in ("request", "response"):
+        if not isinstance(command.get(key), str) or not command[key]:
+            raise ValueError(f"generate needs {key!r}: a file path")
+    model = command.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise ValueError("generate's 'model' is a folder path or null")
+    unknown = sorted(set(command) - {"command", "request", "response", "model"})
+    if unknown:
+        raise ValueError(f"generate takes request, response and model; unknown key(s) {unknown}")
+    return {"command": "generate", "request": command["request"], "response": command["response"], "model": model}
+
+
+def encode_reply(**fields) -> str:
+    """One reply line of the control channel."""
+    return json.dumps(fields, separators=(",", ":")) + "\n"
+
+
+def open_channel() -> tuple[TextIO, TextIO]:
+    """(commands, replies) of serve mode: stdin, and the stdout this process was started with, taken over
+    before vLLM is imported. File descriptor 1 then points at stderr, so nothing vLLM, torch or the engine
+    processes it forks print (vLLM's logger writes to stdout) can end up in the channel."""
+    replies = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    return sys.stdin, replies
 
 
 def watch_parent(interval: float = 0.5) -> threading.Thread | None:
@@ -246,26 +335,160 @@ def watch_parent(interval: float = 0.5) -> threading.Thread | None:
     return thread
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    watch_parent()
-    requests = read_requests(args.request)  # a bad request file fails before the engine's minutes of start-up
+class WorkerExtension:
+    """Methods mixed into vLLM's worker class in serve mode (``LLM(worker_extension_cls=...)``, vLLM's hook for
+    RL weight updates), called by name with ``LLM.collective_rpc``. This module is imported in the engine's
+    worker processes for it (the parent puts the checkout on PYTHONPATH)."""
+
+    def care_repack_tied_heads(self) -> list[str]:
+        """Redo the CPU weight packing of layers whose weights are tied to another layer's (Qwen2.5-VL-3B's
+        ``lm_head`` shares ``embed_tokens``' weight; so does the tiny model); returns their names.
+
+        On CPU, vLLM 0.32 packs the weights of each linear and LM-head layer for oneDNN after loading
+        (``UnquantizedEmbeddingMethod.process_weights_after_loading`` -> ``dispatch_cpu_unquantized_gemm``),
+        and the packed copy is what the logits are computed with. ``reload_weights`` copies the new values
+        into the shared weight and repacks every layer it loaded weights into, but a tied head receives none
+        (the checkpoint has no ``lm_head.weight``; vLLM logs "ParallelLMHead: Failed to load weights"), so
+        its packed copy would keep the old weights: measured, a refreshed engine then sampled other tokens
+        than a fresh one on the same weights. On a GPU there is no packed copy (the same processing does
+        nothing there), and this method does nothing."""
+        from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cpu():
+            return []
+        modules = list(self.model_runner.get_model().named_modules())
+        users: dict[int, int] = {}
+        for _, module in modules:
+            weight = module._parameters.get("weight")
+            if weight is not None:
+                users[id(weight)] = users.get(id(weight), 0) + 1
+        repacked = []
+        for name, module in modules:
+            weight = module._parameters.get("weight")
+            method = getattr(module, "quant_method", None)
+            if weight is not None and users[id(weight)] > 1 and isinstance(method, UnquantizedEmbeddingMethod):
+                method.process_weights_after_loading(module)
+                repacked.append(name)
+        return repacked
+
+
+def make_llm(vllm, args: argparse.Namespace):
+    """The engine both modes run (see the module docstring for each argument)."""
+    kwargs = {"worker_extension_cls": f"{__spec__.name if __spec__ else 'care.models.vllm_worker'}.WorkerExtension"
+              } if getattr(args, "serve", False) else {}
+    if getattr(args, "sleep", False):
+        kwargs["enable_sleep_mode"] = True
+    return vllm.LLM(
+        model=args.model, tensor_parallel_size=args.tensor_parallel_size,
+        gpu_memory_utilization=args.gpu_memory_utilization, limit_mm_per_prompt={"video": 1, "image": 1},
+        seed=args.seed, generation_config="vllm", max_model_len=args.max_model_len, dtype=args.dtype,
+        enforce_eager=args.enforce_eager, **kwargs,
+    )
+
+
+def _import_vllm():
     try:
         import vllm
     except ImportError as exc:
         sys.stderr.write(f"vllm is not installed in {sys.executable} ({exc}); create the vLLM environment as "
                          "docs/vllm.md describes and point rollout.vllm_python at its python\n")
-        return EXIT_NO_VLLM
+        return None
     check_transformers()
+    return vllm
+
+
+class ServedEngine:
+    """The engine of serve mode: generate from request files, refreshing the weights first when asked."""
+
+    def __init__(self, vllm, llm, *, sleep: bool) -> None:
+        self.vllm, self.llm, self.sleep, self.asleep = vllm, llm, sleep, False
+
+    def refresh(self, model: str) -> None:
+        """Replace the weights with those of the save_pretrained folder ``model`` (same architecture) through
+        vLLM's in-place reload on every worker, then drop what was computed with the old ones: the encoder
+        cache (vision embeddings) and the prefix cache (KV blocks). The tokenizer and processor stay."""
+        if not Path(model).is_dir():
+            raise FileNotFoundError(f"model folder {model} does not exist")
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(model)})
+        repacked = self.llm.collective_rpc("care_repack_tied_heads")
+        if any(repacked):
+            sys.stderr.write(f"care.models.vllm_worker: repacked the tied layer(s) {repacked[0]} on CPU\n")
+        self.llm.llm_engine.reset_encoder_cache()
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM refused to reset its prefix cache after the weight refresh")
+
+    def generate(self, command: dict) -> dict:
+        requests = read_requests(command["request"])  # a bad request fails before the weights are touched
+        params = [self.vllm.SamplingParams(**sampling_kwargs(r)) for r in requests]
+        refreshed, t0 = command["model"] is not None, time.perf_counter()
+        if self.asleep:
+            self.llm.wake_up(tags=["weights"] if refreshed else None)
+        if refreshed:
+            self.refresh(command["model"])
+        if self.asleep and refreshed:
+            self.llm.wake_up(tags=["kv_cache"])
+        self.asleep = False
+        t1 = time.perf_counter()
+        outputs = self.llm.generate([engine_prompt(r) for r in requests], sampling_params=params, use_tqdm=False)
+        rows = response_rows(outputs)
+        write_table_atomic(command["response"], rows, RESPONSE_SCHEMA)
+        t2 = time.perf_counter()
+        if self.sleep:
+            self.llm.sleep(level=1)  # weights to CPU memory, KV cache dropped: the GPU is the trainer's now
+            self.asleep = True
+        return {"refreshed": refreshed, "refresh_seconds": t1 - t0, "generate_seconds": t2 - t1,
+                "prompts": len(requests), "completions": len(rows)}
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve mode: start the engine once, then answer commands until ``stop`` or the end of stdin."""
+    commands, replies = open_channel()
+    watch_parent()
+    vllm = _import_vllm()
+    if vllm is None:
+        return EXIT_NO_VLLM
+    sys.stderr.write(f"care.models.vllm_worker --serve: vllm {vllm.__version__}, dtype {args.dtype}, "
+                     f"enforce_eager {args.enforce_eager}, sleep {args.sleep}\n")
+    t0 = time.perf_counter()
+    engine = ServedEngine(vllm, make_llm(vllm, args), sleep=args.sleep)
+    replies.write(encode_reply(event="ready", pid=os.getpid(), vllm=vllm.__version__,
+                               start_seconds=time.perf_counter() - t0))
+    for line in commands:
+        if not line.strip():
+            continue
+        try:
+            command = parse_command(line)
+        except ValueError as exc:
+            replies.write(encode_reply(ok=False, error=str(exc)))
+            continue
+        if command["command"] == "stop":
+            replies.write(encode_reply(ok=True, command="stop"))
+            break
+        try:
+            result = engine.generate(command)
+        except Exception as exc:  # reported to the parent, which discards this engine
+            traceback.print_exc(file=sys.stderr)
+            replies.write(encode_reply(ok=False, command="generate", error=f"{type(exc).__name__}: {exc}"))
+            continue
+        replies.write(encode_reply(ok=True, command="generate", **result))
+    sys.stderr.flush()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.serve:
+        return serve(args)
+    watch_parent()
+    requests = read_requests(args.request)  # a bad request file fails before the engine's minutes of start-up
+    vllm = _import_vllm()
+    if vllm is None:
+        return EXIT_NO_VLLM
     params = [vllm.SamplingParams(**sampling_kwargs(r)) for r in requests]  # refused before the engine starts
     sys.stderr.write(f"care.models.vllm_worker: vllm {vllm.__version__}, dtype {args.dtype}, "
                      f"enforce_eager {args.enforce_eager}, {len(requests)} prompts\n")
-    llm = vllm.LLM(
-        model=args.model, tensor_parallel_size=args.tensor_parallel_size,
-        gpu_memory_utilization=args.gpu_memory_utilization, limit_mm_per_prompt={"video": 1, "image": 1},
-        seed=args.seed, generation_config="vllm", max_model_len=args.max_model_len, dtype=args.dtype,
-        enforce_eager=args.enforce_eager,
-    )
+    llm = make_llm(vllm, args)
     outputs = llm.generate([engine_prompt(r) for r in requests], sampling_params=params, use_tqdm=False)
     write_table_atomic(args.response, response_rows(outputs), RESPONSE_SCHEMA)
     return 0

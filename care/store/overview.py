@@ -8,12 +8,26 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
+from bisect import bisect_right
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from care.store.catalog import CatalogError, connect
 
 HEADLINE_METRICS = ("reward_mean", "reward_accuracy_mean", "bonus_rate", "loss", "check_format", "check_accuracy")
+
+# Per-stage timing of ``care show`` and the run's plot: stage -> (seconds, compute seconds, tokens/s,
+# tokens/s per device, peak MiB) metric names, as the tasks record them (None: the stage records none).
+# Optimisation seconds are per optimizer step in the catalog and summed per iteration here; SFT's are per step.
+TIMING_METRICS = {
+    "rollout": ("rollout_seconds", "generation_seconds", "generation_tokens_per_second",
+                "generation_tokens_per_second_per_device", "rollout_peak_memory_mib"),
+    "scoring": ("scoring_seconds", "reference_forward_seconds", None, None, "scoring_peak_memory_mib"),
+    "optimise": ("update_seconds", None, "tokens_per_second", None, "optimise_peak_memory_mib"),
+    "sft": ("seconds_per_step", None, "tokens_per_second", None, None),
+}
 
 
 def _tables(con) -> set[str]:
@@ -75,6 +89,7 @@ def show_run(catalog: str | os.PathLike, run_id: str, run_dir: str | os.PathLike
             "SELECT name, count(value) AS n, arg_min(value, step) AS first, arg_max(value, step) AS last, "
             "min(value) AS min, max(value) AS max FROM metrics WHERE run_id = ? GROUP BY name ORDER BY name",
             [run_id])) if "metrics" in tables else []
+        out["timing"] = stage_timing(con, run_id) if "metrics" in tables else []
         out["checkpoints"] = _dicts(con.execute(
             "SELECT name, step, iteration, path FROM checkpoints WHERE run_id = ? ORDER BY step",
             [run_id])) if "checkpoints" in tables else []
@@ -85,3 +100,66 @@ def show_run(catalog: str | os.PathLike, run_id: str, run_dir: str | os.PathLike
     out["files"] = sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.suffix in (".png", ".json", ".parquet")
                           and "checkpoints" not in p.parts) if folder.is_dir() else []
     return out
+
+
+def _timing_rows(con, run_id: str) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    wanted = [(stage, name) for stage, names in TIMING_METRICS.items() for name in names if name]
+    rows = con.execute(
+        "SELECT stage, name, step, value FROM metrics WHERE run_id = ? AND value IS NOT NULL "
+        "AND (stage, name) IN (SELECT unnest(?), unnest(?)) ORDER BY step",
+        [run_id, [w[0] for w in wanted], [w[1] for w in wanted]]).fetchall()
+    out: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for stage, name, step, value in rows:
+        out.setdefault((stage, name), []).append((step, value))
+    return out
+
+
+def _per_iteration(points: Iterable[tuple[int, float]], starts: list[int]) -> list[tuple[int, float]]:
+    """Optimizer-step values summed per iteration (keyed by the iteration's first step, where its rollout is
+    recorded); per step when there are no rollouts to group by."""
+    if not starts:
+        return list(points)
+    sums: dict[int, float] = {}
+    for step, value in points:
+        i = bisect_right(starts, step) - 1
+        key = starts[i] if i >= 0 else step
+        sums[key] = sums.get(key, 0.0) + value
+    return sorted(sums.items())
+
+
+def stage_seconds(con, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """stage -> [(first step of the iteration, wall seconds of the stage)] of an RL run (SFT: per step)."""
+    return _stage_seconds(_timing_rows(con, run_id))
+
+
+def _stage_seconds(rows: dict[tuple[str, str], list[tuple[int, float]]]) -> dict[str, list[tuple[int, float]]]:
+    starts = [s for s, _ in rows.get(("rollout", "rollout_seconds"), [])]
+    out = {}
+    for stage, names in TIMING_METRICS.items():
+        points = rows.get((stage, names[0]), [])
+        if points:
+            out[stage] = _per_iteration(points, starts) if stage == "optimise" else points
+    return out
+
+
+def stage_timing(con, run_id: str) -> list[dict[str, Any]]:
+    """One row per stage that recorded timings: medians over iterations (SFT: over log points) of the stage's
+    seconds, its compute seconds (generation, reference forward), tokens/s, and the largest peak memory."""
+    rows = _timing_rows(con, run_id)
+    seconds = _stage_seconds(rows)
+
+    def median(stage: str, name: str | None) -> float | None:
+        values = [v for _, v in rows.get((stage, name), [])] if name else []
+        return statistics.median(values) if values else None
+
+    table = []
+    for stage, (_, compute, rate, per_device, peak) in TIMING_METRICS.items():
+        if stage not in seconds:
+            continue
+        peaks = [v for _, v in rows.get((stage, peak), [])] if peak else []
+        table.append({"stage": "sft (per step)" if stage == "sft" else stage, "n": len(seconds[stage]),
+                      "seconds": statistics.median(v for _, v in seconds[stage]),
+                      "compute_seconds": median(stage, compute), "tokens_per_second": median(stage, rate),
+                      "tokens_per_second_per_device": median(stage, per_device),
+                      "peak_memory_mib": max(peaks) if peaks else None})
+    return table

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from care import tracking
 from care.store.catalog import connect, execute, executemany, register_schema
 
 RUNS_DDL = """
@@ -130,13 +131,17 @@ def sync_checkpoints(run_id: str, present: list[tuple[str, str, int, int]], *, p
 
 def record_metrics(run_id: str, step: int, metrics: Mapping[str, float], *, stage: str | None = None,
                    path=None) -> int:
-    """Upsert one value per metric name at ``step``; NaN/inf are stored as NULL (no value), not dropped."""
+    """Upsert one value per metric name at ``step``; NaN/inf are stored as NULL (no value), not dropped.
+
+    Then mirrored to the run's experiment trackers when its flow opened any in this process (``care.tracking``)."""
     rows = []
     for name, value in metrics.items():
         v = float(value) if value is not None else None
         rows.append((run_id, step, name, v if v is not None and math.isfinite(v) else None, stage))
-    return executemany("INSERT OR REPLACE INTO metrics (run_id, step, name, value, stage) VALUES (?, ?, ?, ?, ?)",
-                       rows, path=path)
+    written = executemany("INSERT OR REPLACE INTO metrics (run_id, step, name, value, stage) VALUES (?, ?, ?, ?, ?)",
+                          rows, path=path)
+    tracking.log(run_id, step, {r[2]: r[3] for r in rows}, stage=stage)
+    return written
 
 
 def refresh_rollouts_view(rollouts_root: str | os.PathLike, *, path=None) -> bool:

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from care.config import StageConfig
 from care.media.sampling import FrameSampling
+from care.tracking import TRACKING_FIELDS, TrackingOptions
 
 
 class SamplingParams(StageConfig):
@@ -51,6 +52,11 @@ class RolloutConfig(StageConfig):
     vllm_cpu_kvcache_gib: int = Field(
         1, ge=1, description="GiB of KV cache the vLLM engine reserves on a CPU-only machine (backend=vllm); "
         "vLLM's own default takes a share of all RAM.")
+    vllm_resident: bool = Field(
+        True, description="Keep one vLLM engine for the whole run (backend=vllm): started at the first rollout "
+        "stage, its weights refreshed in place (vLLM's reload_weights) from each later stage's policy folder, "
+        "asleep between stages on a GPU, stopped at the end of the run. False = a fresh engine per rollout stage "
+        "(an engine start each iteration: about 36 s eager on CPU, minutes for a 7B model on a GPU).")
 
 
 class ScoringConfig(StageConfig):
@@ -75,6 +81,9 @@ class ScoringConfig(StageConfig):
                 "'grpo_care' with the bonus, and 'grpo', 'dr_grpo' or 'rloo' without it"
             )
         return self
+
+
+PLACEMENT = ("nnodes", "rdzv_endpoint", "local_nodes", "control_host")  # OptimConfig fields of where, not what
 
 
 class OptimConfig(StageConfig):
@@ -104,15 +113,36 @@ class OptimConfig(StageConfig):
         "ddp", description="With num_processes > 1: 'ddp' keeps the whole fp32 state on every rank; 'fsdp2' shards "
         "policy, reference and AdamW moments over the ranks (torch fully_shard) and writes sharded checkpoints "
         "(torch.distributed.checkpoint), which a 7B model needs.")
+    nnodes: int = Field(1, ge=1, description="Nodes the num_processes ranks span (num_processes / nnodes per node); "
+                        "more than 1 needs rdzv_endpoint (torchrun's c10d rendezvous).")
+    rdzv_endpoint: str | None = Field(None, description="host:port of torchrun's c10d rendezvous across nodes "
+                                      "(nnodes > 1); every node runs the same torchrun command (docs/scaling.md).")
+    local_nodes: int | None = Field(None, ge=1, description="How many of the nnodes nodes the flow's machine starts "
+                                    "itself (None = all: nodes as processes on one machine, e.g. a test); 1 on a "
+                                    "cluster, where the other nodes join from their own machines.")
+    control_host: str = Field("127.0.0.1", description="Address at which the ranks reach the flow's control store "
+                              "(this machine's address on a cluster).")
+
+    def identity(self) -> dict:
+        """What of the settings changes an update (where the ranks run does not: a run resumes on other nodes)."""
+        return self.model_dump(mode="json", exclude=set(PLACEMENT))
+
+    @model_validator(mode="after")
+    def _nodes_divide_processes(self) -> OptimConfig:
+        if self.num_processes % self.nnodes:
+            raise ValueError(f"num_processes={self.num_processes} is not a multiple of nnodes={self.nnodes}")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError(f"nnodes={self.nnodes} needs rdzv_endpoint (host:port of the c10d rendezvous)")
+        return self
 
 
 # options that do not change what is trained stay out of a run's identity: the same run can be continued with
 # another checkpoint cadence or retention (a replayed update equals the original bit for bit)
 NOT_IDENTITY = ("run_name", "eval_every", "eval", "checkpoint_every", "checkpoint_background", "keep_checkpoints",
-                "keep_every")
+                "keep_every", *TRACKING_FIELDS)
 
 
-class RLConfig(StageConfig):
+class RLConfig(TrackingOptions):
     """A GRPO / GRPO-CARE run: which model and data, how many iterations, and each stage's options."""
 
     run_name: str | None = Field(None, description="Run id; default derives from the config hash so a re-run resumes it.")
@@ -127,7 +157,7 @@ class RLConfig(StageConfig):
     checkpoint_every: int = Field(10, ge=1, description="Write a resumable checkpoint every K iterations (and after the "
                                   "last one and at every evaluation). In between, the state stays in memory and a "
                                   "resume replays the updates since the newest checkpoint from the logged shards "
-                                  "(docs/reliability.md). With optim.num_processes > 1 every iteration writes one.")
+                                  "(docs/reliability.md), on every rank of the gang alike with optim.num_processes > 1.")
     checkpoint_background: bool = Field(True, description="Write periodic checkpoints from a snapshot in a background "
                                         "thread while training goes on (one in flight at a time).")
     keep_checkpoints: int = Field(2, ge=0, description="Keep the newest N iteration checkpoints (0 = keep all); the newest "
@@ -203,15 +233,15 @@ class RLConfig(StageConfig):
         if self.run_name:
             return self.run_name
         # options that do not change what is trained stay out of the identity
-        blob = json.dumps(self.model_dump(mode="json", exclude=set(NOT_IDENTITY)), sort_keys=True)
+        exclude: dict = {**dict.fromkeys(NOT_IDENTITY, True), "optim": set(PLACEMENT), "rollout": {"vllm_resident"}}
+        blob = json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True)
         return f"{self.algo.replace('_', '-')}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
     def checkpoint_due(self, iterations_done: int) -> bool:
         """Whether the state after ``iterations_done`` iterations is written as a checkpoint."""
         n = iterations_done
         return (n % self.checkpoint_every == 0 or n >= self.iterations
-                or bool(self.eval_every and n % self.eval_every == 0)
-                or self.optim.num_processes > 1)  # its ranks exit after the stage: the state goes through disk
+                or bool(self.eval_every and n % self.eval_every == 0))
 
     @property
     def total_optimizer_steps(self) -> int:

@@ -1,24 +1,17 @@
-"""Entry of the optimisation stage: in this process, or ``num_processes`` ranks under ``torchrun``.
+"""Entry of the optimisation stage: in this process, or on every rank of the run's gang (``care.train.gang``).
 
-In this process the stage takes the resident trainer of its input state (or rebuilds it: ``care.train.replay``),
-updates it on the iteration's scored batch and keeps it resident under the new state's id; it writes a
-checkpoint only when asked (``checkpoint_out``: every ``checkpoint_every`` iterations), from a snapshot in the
-background when ``background``.
-
-The multi-process path writes a JSON job spec, starts ``python -m torch.distributed.run --standalone
---nproc_per_node N -m care.train.optimise_worker SPEC`` and reads rank 0's JSON result. Every rank rebuilds
-its inputs from paths (the scored shard, the checkpoint, the frame cache), so nothing but paths and configs
-crosses the process boundary; the ranks exit after the stage, so they hand the state on through a checkpoint
-each iteration (``RLConfig.checkpoint_due``). On CPU the ranks use gloo; on GPUs NCCL (chosen by accelerate).
+The stage takes the resident trainer of its input state (or rebuilds it: ``care.train.replay``), updates it on
+the iteration's scored batch and keeps it resident under the new state's id; it writes a checkpoint only when
+asked (``checkpoint_out``: every ``checkpoint_every`` iterations), from a snapshot in the background when
+``background``. With ``num_processes > 1`` the same happens on each rank of the gang, which lives as long as
+the run: rank 0 of DDP writes the checkpoint (in the background, too), and under FSDP2 every rank writes its
+shards. The job that crosses to the ranks is paths and configs only (JSON), as between Prefect tasks. On CPU
+the ranks use gloo; on GPUs NCCL (chosen by accelerate).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -28,9 +21,10 @@ from care.data.schema import Sample
 from care.errors import CareError
 from care.failpoints import failpoint
 from care.media.frame_cache import FrameCache
-from care.train import warm
+from care.train import gang, warm
 from care.train.checkpoint import prune_checkpoints
 from care.train.config import OptimConfig
+from care.train.gang import stage_gang
 from care.train.optimise import load_scored_batch, update_steps
 from care.train.policy_io import checkpoint_id
 from care.train.replay import materialise
@@ -41,8 +35,8 @@ from care.train.toolkit import default_device
 from care.train.trainer import WRITER, save_trainer, training_state
 
 
-def _rank_and_world() -> tuple[int, int]:
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
 
 
 def optimise(*, checkpoint_in: str | Path | PolicyState, rows: list[dict], samples: Mapping[str, Sample],
@@ -59,33 +53,43 @@ def optimise(*, checkpoint_in: str | Path | PolicyState, rows: list[dict], sampl
     "written": [checkpoints finished since the last call: {"path", "step", "iteration", "removed"}]}.
     """
     started = time.perf_counter()
-    rank, world = _rank_and_world()
-    if checkpoint_out is None and (world > 1 or not state_out_id):
-        raise CareError("an update without a checkpoint needs one process and a state id to keep it under")
+    rank = _rank()
+    if checkpoint_out is None and not state_out_id:
+        raise CareError("an update without a checkpoint needs a state id to keep the new state under")
     trainer = materialise(checkpoint_in, take=True)  # trained in place; handed back under the new id
     history = update_steps(trainer, rows=rows, samples=samples, cache=cache, config=config, total_steps=total_steps,
                            temperature=temperature, max_new_tokens=max_new_tokens, iteration=iteration)
     failpoint("optimise", iteration)
     trainer.state_id = state_out_id or ""
     out_path = None
+    sharded_write = []
     if checkpoint_out is not None and trainer.scorer is not None:  # FSDP2: every rank writes its shards
         out_path = str(save_sharded(trainer, checkpoint_out, state=training_state(trainer, data_cursor)))
+        removed = after_write(Path(out_path)) if after_write is not None and rank == 0 else None
+        sharded_write = [{"path": out_path, "step": trainer.step, "iteration": trainer.iteration,
+                          "removed": [str(p) for p in removed or []]}]
     elif checkpoint_out is not None and rank == 0:
         out_path = str(save_trainer(trainer, checkpoint_out, data_cursor=dict(data_cursor or {}),
-                                    background=background and world == 1, after=after_write))
+                                    background=background, after=after_write))
         if not state_out_id:
             WRITER.wait(drain=False)
             trainer.state_id = checkpoint_id(out_path)
-    written = WRITER.drain() if rank == 0 else []
-    if world == 1 and trainer.state_id:
-        warm.put(trainer, default_device())  # the next rollout / scoring stage starts warm
+    elif checkpoint_out is not None:
+        out_path = str(checkpoint_out)  # DDP: rank 0 writes it
+    written = (WRITER.drain() + sharded_write) if rank == 0 else []
+    if trainer.state_id:
+        warm.put(trainer, default_device())  # the next rollout / scoring stage (of this process or rank) starts warm
     return {"steps": history, "checkpoint": out_path, "step": trainer.step, "state_id": trainer.state_id,
             "seconds": time.perf_counter() - started, "written": written}
 
 
 def wait_for_checkpoints() -> list[dict]:
-    """Block until the background checkpoint write (if any) is complete; records of the writes finished."""
-    return WRITER.wait()
+    """Block until the background checkpoint write (if any: in this process, or on rank 0 of a live gang) is
+    complete; records of the writes finished."""
+    done = WRITER.wait()
+    for crew in gang.live():
+        done += crew.call("wait_checkpoints")[0]
+    return done
 
 
 def run_optimisation_stage(*, checkpoint_in: str | Path | PolicyState, generated_path: str | Path,
@@ -113,16 +117,11 @@ def run_optimisation_stage(*, checkpoint_in: str | Path | PolicyState, generated
         "total_steps": total_steps, "temperature": temperature, "max_new_tokens": max_new_tokens,
         "iteration": iteration, "data_cursor": data_cursor or {},
     }
-    if config.num_processes == 1:
-        result = run_job(job, background=background,
-                         after_write=lambda path: prune_checkpoints(folder, keep_last, keep_every=keep_every))
+    job["keep"] = {"folder": str(folder), "last": keep_last, "every": keep_every}
+    if (crew := stage_gang(state_in)) is not None:
+        result = crew.call("optimise", {**job, "background": background}, timeout_s=timeout_s)[0]
     else:
-        if checkpoint_out is None:
-            raise CareError("a multi-process update hands its state on through a checkpoint: give checkpoint_out")
-        result = _launch(job, config.num_processes, timeout_s)
-        removed = prune_checkpoints(folder, keep_last, keep_every=keep_every)
-        result["written"] = [{"path": result["checkpoint"], "step": result["step"], "iteration": iteration + 1,
-                              "removed": [str(p) for p in removed]}]
+        result = run_rank_job({**job, "background": background})
     return {**result, "state": state_out.model_dump(mode="json")}
 
 
@@ -139,15 +138,10 @@ def run_job(job: dict, *, background: bool = False, after_write: Callable[[Path]
     )
 
 
-def _launch(job: dict, nproc: int, timeout_s: float | None) -> dict:
-    with tempfile.TemporaryDirectory(prefix="care-optimise-") as tmp:
-        spec, result = Path(tmp) / "job.json", Path(tmp) / "result.json"
-        spec.write_text(json.dumps({**job, "result_path": str(result)}))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               "-m", "care.train.optimise_worker", str(spec)]
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
-        if proc.returncode != 0 or not result.is_file():
-            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-            raise CareError(f"optimisation with {nproc} processes failed (exit {proc.returncode}):\n{tail}")
-        return json.loads(result.read_text())
+def run_rank_job(job: dict) -> dict:
+    """``run_job`` with the job's own background flag and retention (pruned by whoever writes the checkpoint,
+    after it is complete): the stage in one process, or one rank's part of it in the gang."""
+    keep = job["keep"]
+    return run_job(job, background=job["background"],
+                   after_write=lambda path: prune_checkpoints(Path(keep["folder"]), keep["last"],
+                                                               keep_every=keep["every"]))

@@ -26,6 +26,8 @@ from care.media.frame_cache import FrameCache
 from care.models.inputs import encode_prompt_completions, model_inputs
 from care.store.rollout_log import SCORED_FILE, SCORED_SCHEMA, read_rows, write_rows_atomic
 from care.train.config import ScoringConfig
+from care.train.gang import stage_gang
+from care.train.ranks import forward_model, gather_to_first
 from care.train.replay import compute_dtype, materialise
 from care.train.samples import shared_prompt_items
 from care.train.state import PolicyState, as_state
@@ -57,22 +59,64 @@ def reference_likelihoods(reference, processor, rows: list[dict], samples: Mappi
 def run_scoring_stage(*, generated_path: str | Path, checkpoint: str | Path | PolicyState,
                       samples: Mapping[str, Sample], cache: FrameCache, config: ScoringConfig, algo: str) -> dict:
     """Score the shard at ``generated_path`` under the reference of ``checkpoint`` (a checkpoint path or a
-    PolicyState); write ``scored.parquet`` beside it; return a manifest with metrics."""
+    PolicyState); write ``scored.parquet`` beside it; return a manifest with metrics. With
+    ``optim.num_processes > 1`` the reference forward runs on every rank of the run's gang."""
+    state = as_state(checkpoint)
+    if (crew := stage_gang(state)) is not None:
+        job = {"generated_path": str(generated_path), "state": state.model_dump(mode="json"),
+               "config": config.model_dump(mode="json"), "algo": algo}
+        return crew.call("scoring", job)[0]
+    return score_shard(generated_path=generated_path, state=state, samples=samples, cache=cache, config=config,
+                       algo=algo)
+
+
+def score_shard(*, generated_path: str | Path, state: PolicyState, samples: Mapping[str, Sample], cache: FrameCache,
+                config: ScoringConfig, algo: str, rank: int = 0, world: int = 1) -> dict:
+    """The scoring stage on one process, or on rank ``rank`` of ``world``: batch ``k`` of
+    ``scoring_batch_size`` rollouts goes to rank ``k % world`` (the same batches as one process, so the same
+    likelihoods); rank 0 gathers them, computes rewards, bonus and advantages and writes the shard. Other ranks
+    return ``{"rank", "rows", "seconds"}``."""
     started = time.perf_counter()
     generated_path = Path(generated_path)
     rows = read_rows(generated_path)
+    trainer = materialise(state)  # read-only here; resident when an earlier stage of this process had it
+    reference = forward_model(trainer, "reference")
+    size = config.scoring_batch_size
+    mine = [start for k, start in enumerate(range(0, len(rows), size)) if k % world == rank]
+    parts = []
+    t0 = time.perf_counter()
+    with autocast(default_device(), compute_dtype(state)):
+        for start in mine:
+            parts.append((start, *reference_likelihoods(reference, trainer.processor, rows[start : start + size],
+                                                        samples, cache, config)))
+    compute = time.perf_counter() - t0  # the reference forward alone
+    del reference
+    if world > 1:
+        gathered = gather_to_first((parts, compute), rank=rank, world=world)
+        if rank != 0:
+            return {"rank": rank, "rows": sum(len(p[1]) for p in parts), "seconds": time.perf_counter() - started}
+        per_rank = [sum(len(p[1]) for p in part) for part, _ in gathered]
+        compute = max(c for _, c in gathered)
+        parts = sorted((p for part, _ in gathered for p in part), key=lambda p: p[0])
+    p = [x for part in parts for x in part[1]]
+    mean_logp = [x for part in parts for x in part[2]]
+    has_answer = [x for part in parts for x in part[3]]
+    manifest = _write_scored(generated_path, rows, p, mean_logp, has_answer, state=state, config=config, algo=algo,
+                             started=started)
+    manifest["compute_seconds"] = compute
+    return {**manifest, "rows_per_rank": per_rank} if world > 1 else manifest
+
+
+def _write_scored(generated_path: Path, rows: list[dict], p: list[float], mean_logp: list[float],
+                  has_answer: list[bool], *, state: PolicyState, config: ScoringConfig, algo: str,
+                  started: float) -> dict:
+    """Rewards, bonus and advantages from the likelihoods; ``scored.parquet``; the manifest."""
     completions = [r["completion"] for r in rows]
     breakdown = combine_rewards(completions, [r["gold"] for r in rows], config.reward_weights)
     accuracy = torch.tensor(breakdown.components.get("accuracy", [0.0] * len(rows)), dtype=torch.float64)
     fmt = breakdown.components.get("format", [math.nan] * len(rows))
     base = torch.tensor(breakdown.total, dtype=torch.float64)
     group_ids = torch.tensor([r["group"] for r in rows], dtype=torch.long)
-
-    state = as_state(checkpoint)
-    trainer = materialise(state)  # read-only here; resident when an earlier stage of this process had it
-    with autocast(default_device(), compute_dtype(state)):
-        p, mean_logp, has_answer = reference_likelihoods(trainer.reference, trainer.processor, rows, samples, cache,
-                                                         config)
     p_t = torch.tensor(p, dtype=torch.float64)
     if config.consistency_bonus:
         bonus = consistency_bonus(torch.nan_to_num(accuracy, nan=0.0), p_t, group_ids, lam=config.bonus_weight,

@@ -12,11 +12,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from care.config import StageConfig
 from care.media.sampling import FrameSampling
+from care.tracking import TRACKING_FIELDS, TrackingOptions
 
 
-class SFTConfig(StageConfig):
+class SFTConfig(TrackingOptions):
     """Supervised fine-tuning on the CoT training file, loss on the assistant turn only."""
 
     run_name: str | None = Field(None, description="Run id; default derives from the config hash so a re-run resumes it.")
@@ -46,5 +46,5 @@ class SFTConfig(StageConfig):
         """``run_name``, or ``sft-<hash of the config>``: re-running the same config continues the same run."""
         if self.run_name:
             return self.run_name
-        blob = json.dumps(self.model_dump(mode="json", exclude={"run_name"}), sort_keys=True)
+        blob = json.dumps(self.model_dump(mode="json", exclude={"run_name", *TRACKING_FIELDS}), sort_keys=True)
         return f"sft-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"

@@ -43,7 +43,7 @@ class ReplaySpec(BaseModel):
 
     def identity(self) -> dict:
         """What of the spec changes an update's result (not where the data lives)."""
-        return {"config": self.config.model_dump(mode="json"), "total_steps": self.total_steps,
+        return {"config": self.config.identity(), "total_steps": self.total_steps,
                 "temperature": self.temperature, "max_new_tokens": self.max_new_tokens}
 
 
