@@ -186,10 +186,6 @@ def baseline_tree(revision: str, into: Path) -> Path:
 def spawn(tree: Path, procs: int, a: argparse.Namespace, workdir: Path, tag: str) -> dict:
     out = workdir / f"result-{tag}.json"
     home = workdir / f"home-{tag}"
-    if home.exists():
-        import shutil
-
-        shutil.rmtree(home)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update({"PYTHONPATH": str(tree), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "OMP_NUM_THREADS": "1",
                 "PREFECT_HOME": str(workdir / f"prefect-{tag}")})
@@ -197,10 +193,17 @@ def spawn(tree: Path, procs: int, a: argparse.Namespace, workdir: Path, tag: str
     cmd = [sys.executable, __file__, "--worker",
            "--tree", str(tree), "--procs", str(procs), "--iterations", str(a.iterations), "--home", str(home),
            "--template", str(workdir), "--info", str(workdir / "ready.json"), "--out", str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=a.timeout, cwd=tree)
-    if proc.returncode != 0:
-        raise SystemExit(f"worker {tag} failed (exit {proc.returncode}):\n{(proc.stderr or proc.stdout)[-4000:]}")
-    return json.loads(out.read_text())
+    for attempt in (1, 2):  # a crashed worker is reported and run once more (the JSON counts the crashes)
+        if home.exists():
+            import shutil
+
+            shutil.rmtree(home)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=a.timeout, cwd=tree)
+        if proc.returncode == 0:
+            return {**json.loads(out.read_text()), "crashed_attempts": attempt - 1}
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-12:])
+        print(f"  worker {tag} failed (exit {proc.returncode}), attempt {attempt}:\n{tail}", flush=True)
+    raise SystemExit(f"worker {tag} failed twice")
 
 
 def summarise(runs: list[dict]) -> dict:

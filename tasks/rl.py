@@ -50,10 +50,20 @@ def rollout(run_id: str, iteration: int, state: PolicyState, sample_ids: list[st
         manifest = run_rollout_stage(run_id=run_id, iteration=iteration, checkpoint=state,
                                      samples=[by_id[i] for i in sample_ids], cache=data.cache(), config=config,
                                      seed=seed, out_dir=iteration_dir(Path(rollouts_root), run_id, iteration))
-    here = measured_here(state, backend=config.backend)  # peak memory: only of work done in this process
-    metrics = {**generation_metrics(manifest), **(peak.metrics("rollout") if here else {})}
+    peak = stage_peak(peak, manifest, here=measured_here(state, backend=config.backend))
+    metrics = {**generation_metrics(manifest), **peak.metrics("rollout")}
     runs.record_metrics(run_id, state.step + 1, metrics, stage="rollout", path=catalog_file)
-    return {**manifest, **(peak.fields() if here else {}), "attempts": attempts()}
+    return {**manifest, **peak.fields(), "attempts": attempts()}
+
+
+def stage_peak(peak: Peak, manifest: dict, *, here: bool) -> Peak:
+    """A stage's peak memory: measured in this process when its work ran here, else the largest the gang's
+    ranks reported (``care.train.gang``), else none (a vLLM engine's own memory is not measured)."""
+    if here:
+        return peak
+    if manifest.get("peak_memory_mib") is not None:
+        return Peak(mib=manifest["peak_memory_mib"], source=manifest.get("peak_memory_source"))
+    return Peak()
 
 
 def generation_metrics(manifest: dict) -> dict[str, float]:
@@ -79,12 +89,12 @@ def scoring(run_id: str, iteration: int, state: PolicyState, generated_path: str
     with Peak() as peak:
         manifest = run_scoring_stage(generated_path=generated_path, checkpoint=state, samples=data.load().by_id(),
                                      cache=data.cache(), config=config, algo=algo)
-    step, here = state.step + 1, measured_here(state)
+    step, peak = state.step + 1, stage_peak(peak, manifest, here=measured_here(state))
     timings = {"scoring_seconds": manifest["seconds"],
                "reference_forward_seconds": manifest.get("compute_seconds", manifest["seconds"]),
-               **(peak.metrics("scoring") if here else {})}
+               **peak.metrics("scoring")}
     runs.record_metrics(run_id, step, {**manifest["metrics"], **timings}, stage="scoring", path=catalog_file)
-    return {**manifest, **(peak.fields() if here else {}), "attempts": attempts(), "step": step}
+    return {**manifest, **peak.fields(), "attempts": attempts(), "step": step}
 
 
 def _optimise_key(context, p) -> str:
@@ -110,11 +120,12 @@ def optimise(run_id: str, iteration: int, state: PolicyState, generated_path: st
             max_new_tokens=spec.max_new_tokens, iteration=iteration, checkpoint_out=checkpoint_out,
             data_cursor=data_cursor, background=background, keep_last=keep_last, keep_every=keep_every,
         )
-    for entry in result["steps"]:
-        metrics = {k: v for k, v in entry.items() if k != "step"}
+    # the stage's peak goes with its first step's metrics (where rollout and scoring record theirs): one catalog
+    # write per step, each a DuckDB connection (25-50 ms here)
+    peak = stage_peak(peak, result, here=measured_here(state)).metrics("optimise")
+    for n, entry in enumerate(result["steps"]):
+        metrics = {**{k: v for k, v in entry.items() if k != "step"}, **(peak if n == 0 else {})}
         runs.record_metrics(run_id, entry["step"], metrics, stage="optimise", path=catalog_file)
-    if measured_here(state):  # the stage's peak, at its first step (where rollout and scoring record theirs)
-        runs.record_metrics(run_id, state.step + 1, peak.metrics("optimise"), stage="optimise", path=catalog_file)
     new_state = {**result["state"], "step": result["step"]}
     return {"state": new_state, "checkpoint": result["checkpoint"], "step": result["step"],
             "seconds": result["seconds"], "last": result["steps"][-1] if result["steps"] else {},

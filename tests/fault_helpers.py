@@ -41,6 +41,12 @@ def care(home: Path, *args: str, env: dict | None = None, timeout: int = CARE_TI
                           text=True, timeout=timeout)
 
 
+def run_pipeline(server: PrefectServer, home: Path, config: Path, failpoint: str | None = None):
+    """``care run --config CONFIG`` on workspace ``home`` against the shared ``server``, with a failpoint armed."""
+    env = {**server.env, **({"CARE_FAILPOINT": failpoint} if failpoint else {})}
+    return care(home, "run", "--config", str(config), env=env)
+
+
 def sql(home: Path, query: str) -> list[dict]:
     """Rows of ``care sql QUERY --format json`` (asserts the command succeeded)."""
     proc = care(home, "sql", query, "--format", "json")

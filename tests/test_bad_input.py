@@ -6,17 +6,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from care.cli import main
+from tests.cli_helpers import care_in_process as _care
 
 GOOD = {"model": "m", "data_root": "d", "iterations": 2}
-
-
-def _care(capsys, *argv) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(argv))
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
 
 
 @pytest.mark.parametrize(("command", "change", "field"), [

@@ -28,9 +28,9 @@ from care.train.checkpoint import is_complete, latest_complete
 from tests.fault_helpers import (
     PrefectServer,
     assert_same_tensors,
-    care,
     catalog_tables,
     checkpoint_tensors,
+    run_pipeline,
     small_benchmark,
 )
 
@@ -68,8 +68,7 @@ def setup(tmp_path_factory):
 
 
 def _run(setup, home: Path, failpoint: str | None = None):
-    env = {**setup["server"].env, **({"CARE_FAILPOINT": failpoint} if failpoint else {})}
-    return care(home, "run", "--config", str(setup["config"]), env=env)
+    return run_pipeline(setup["server"], home, setup["config"], failpoint)
 
 
 def _only(pattern: str, home: Path) -> Path:

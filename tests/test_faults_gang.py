@@ -16,7 +16,13 @@ import pytest
 import yaml
 
 from care.train.gang import CONTROL_ENV
-from tests.fault_helpers import PrefectServer, assert_same_tensors, care, checkpoint_tensors, small_benchmark
+from tests.fault_helpers import (
+    PrefectServer,
+    assert_same_tensors,
+    checkpoint_tensors,
+    run_pipeline,
+    small_benchmark,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -54,8 +60,7 @@ def setup(tmp_path_factory):
 
 
 def _run(setup, home: Path, failpoint: str | None = None):
-    env = {**setup["server"].env, **({"CARE_FAILPOINT": failpoint} if failpoint else {})}
-    return care(home, "run", "--config", str(setup["config"]), env=env)
+    return run_pipeline(setup["server"], home, setup["config"], failpoint)
 
 
 def _final(home: Path) -> Path:

@@ -54,7 +54,7 @@ def _run(root: Path, config: RLConfig, data) -> dict:
     warm.clear()
     state = initial_state(config, data, checkpoints=root / "checkpoints", rollouts_root=root / "rollouts")
     ids = sorted(s.sample_id for s in data.load().samples)
-    out = {"generated": [], "scored": [], "steps": [], "pids": [], "rollout_ranks": [], "scoring_ranks": []}
+    out = {"generated": [], "scored": [], "steps": [], "pids": [], "rollout_ranks": [], "scoring_ranks": [], "peaks": []}
     for it in range(ITERATIONS):
         last = it + 1 == ITERATIONS
         result = run_iteration(config, state, data=data, sample_ids=ids, rollouts_root=root / "rollouts",
@@ -65,6 +65,8 @@ def _run(root: Path, config: RLConfig, data) -> dict:
         out["steps"] += result.optimise["steps"]
         out["rollout_ranks"].append(result.rollout.get("rows_per_rank"))
         out["scoring_ranks"].append(result.scoring.get("rows_per_rank"))
+        out["peaks"].append([len(m.get("peak_memory_per_rank") or []) for m in (result.rollout, result.scoring,
+                                                                               result.optimise)])
         out["pids"].append([g.rank_pids() for g in gang.live()])
     out["checkpoint"] = root / "checkpoints" / "final"
     return out
@@ -122,6 +124,7 @@ def test_every_rank_generates_and_scores(runs, layout):
     assert two["rollout_ranks"] == [[8, 8]] * ITERATIONS  # 2 chunks of 2 prompts x G=4, one per rank
     assert two["scoring_ranks"] == [[8, 8]] * ITERATIONS  # 4 batches of 4 rollouts, two per rank
     assert runs["one"]["rollout_ranks"] == [None] * ITERATIONS  # one process: no gang
+    assert two["peaks"] == [[2, 2, 2]] * ITERATIONS  # each rank measured its peak memory in every stage
 
 
 @pytest.mark.parametrize("layout", ["ddp", "fsdp2"])

@@ -12,7 +12,6 @@ import yaml
 
 from care import plan as planning
 from care.algo.prompt import build_messages
-from care.cli import main
 from care.config import load_config
 from care.media.decode import decode_video, load_image
 from care.media.sampling import FrameSampling
@@ -20,20 +19,13 @@ from care.models.inputs import PromptItem, encode_prompts
 from care.models.loading import load_processor
 from care.pipeline import PipelineConfig
 from care.train.config import RLConfig
+from tests.cli_helpers import care_in_process as _care
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "care" / "configs" / "demo.yaml"
 SEEDBENCH = REPO / "data" / "seedbench_r1.yaml"
 GPU_80 = planning.Hardware("gpu (given)", int(80 * planning.GIB), 8, int(2048 * planning.GIB), "8 x 80 GiB (test)")
 GPU_141 = planning.Hardware("gpu (given)", int(141e9), 8, int(2048 * planning.GIB), "8 x 141 GB (test)")
-
-
-def _care(capsys, *argv) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(argv))
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
 
 
 def _one_row_root(tmp_path: Path, demo_root: Path, index: int) -> tuple[Path, dict]:

@@ -18,11 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from care.cli import main
 from care.eval.judges import JudgeItem, judge_label
 from care.eval.llm_judge import LLMJudge, LLMJudgeConfig
 from care.store import catalog
 from care.workspace import Workspace
+from tests.cli_helpers import care_in_process as _care
 
 PASSWD_MARK = "root:"  # the first line of /etc/passwd
 
@@ -35,14 +35,6 @@ def workspace(care_home):
     shard.parent.mkdir(parents=True)
     pq.write_table(pa.table({"x": [1, 2, 3]}), shard)
     return ws
-
-
-def _care(capsys, *argv) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(argv))
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
 
 
 def _tree(root: Path) -> dict[str, bytes]:

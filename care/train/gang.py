@@ -245,7 +245,7 @@ class Gang:
             for key in keys.values():
                 self._store.delete_key(key)
             self._store.delete_key(f"cmd/{n}")
-            return [replies[rank]["result"] for rank in range(self.spec.world_size)]
+            return _with_peak([replies[rank]["result"] for rank in range(self.spec.world_size)])
 
     def _wait_all(self, keys: list[str], done: threading.Event) -> None:
         from torch.distributed import TCPStore
@@ -282,6 +282,15 @@ class Gang:
 
     def _agent_tails(self) -> str:
         return "\n".join(f"[node {n}] {_tail(self._logs / f'node{n}.log')}" for n in range(len(self._agents)))
+
+
+def _with_peak(results: list) -> list:
+    """Rank 0's result (what a stage returns) carries the largest peak memory of all ranks, each rank's too."""
+    peaks = [r.get("peak_memory_mib") for r in results if isinstance(r, dict)]
+    if len(peaks) == len(results) and peaks and all(p is not None for p in peaks):
+        results[0] = {**results[0], "peak_memory_mib": max(peaks), "peak_memory_per_rank": peaks,
+                      "peak_memory_source": f"{results[0].get('peak_memory_source')}, largest of {len(peaks)} ranks"}
+    return results
 
 
 # -- one gang per shape, shared by the stages of this process -------------------------------------------------

@@ -150,6 +150,7 @@ def main() -> int:
     from accelerate import PartialState
 
     from care.failpoints import failpoint
+    from care.train.memory import Peak
 
     host, port, store = _connect()
     watch_driver(host, port)
@@ -170,7 +171,10 @@ def main() -> int:
             return 0
         try:
             failpoint(f"gang-rank{rank}", command["job"].get("iteration"))
-            result = HANDLERS[op](command["job"])
+            with Peak() as peak:
+                result = HANDLERS[op](command["job"])
+            if isinstance(result, dict):
+                result = {**result, **peak.fields()}
             reply = {"ok": True, "result": result}
         except BaseException as exc:  # reported to the driver, then this rank ends the gang
             tail = "".join(traceback.format_exception(exc)[-6:])

@@ -10,8 +10,9 @@ Which memory (``Peak.source``):
   (``resource.getrusage``), an upper bound of the stage's.
 
 Stages run one at a time in a flow's process, so resetting the process-wide peak at a stage's start is safe.
-What is not measured: work done in other processes (the gang's ranks with ``optim.num_processes > 1``, a
-vLLM engine): :func:`measured_here` tells the tasks when a stage's own work runs here.
+The gang's ranks (``optim.num_processes > 1``) measure their own part of each stage the same way, and the
+stage reports the largest over the ranks (``care.train.gang``); :func:`measured_here` tells the tasks whether
+a stage's work ran in this process. A vLLM engine's own memory is not measured.
 """
 
 from __future__ import annotations
