@@ -54,6 +54,7 @@ HEARTBEAT_S = 1.0  # how often a rank checks that the flow's process (its contro
 POLL_S = 0.05
 START_TIMEOUT_S = 600.0  # imports, process group, first connection: minutes on a loaded machine
 STDERR_TAIL_LINES = 25
+DEATH_GRACE_S = 2.0  # how long a rank's error waits for a peer's death to show (the error then names the dead)
 
 
 class GangError(CareError):
@@ -226,6 +227,9 @@ class Gang:
                         if rank not in replies and (finished or self._store.check([key])):
                             replies[rank] = json.loads(self._store.get(key))
                             if not replies[rank]["ok"]:
+                                # a peer's death shows on the survivors as a failed collective: name the dead one
+                                self._raise_if_dead(f"stage '{op}'", grace_s=DEATH_GRACE_S,
+                                                    reported=lambda keys=keys: self._failed_ranks(keys))
                                 raise GangError(f"rank {rank} of the gang failed in stage '{op}': "
                                                 f"{replies[rank]['error']}")
                     if len(replies) == len(keys):
@@ -256,11 +260,24 @@ class Gang:
             self._waiter.wait(keys)
         done.set()
 
-    def _raise_if_dead(self, during: str) -> None:
+    def _failed_ranks(self, keys: dict[int, str]) -> set[int]:
+        """Ranks whose reply is an error (they exit after replying: their exit is no death)."""
+        return {rank for rank, key in keys.items()
+                if self._store.check([key]) and not json.loads(self._store.get(key))["ok"]}
+
+    def _raise_if_dead(self, during: str, *, grace_s: float = 0.0, reported=None) -> None:
+        """Raise naming the ranks that died (not those that ``reported()`` an error and exited), if any is dead
+        now or within ``grace_s``. Without ``reported``, an exited agent counts too."""
         local = socket.gethostname()
-        dead = [rank for rank, info in self.ranks.items()
-                if info.get("host") == local and not _pid_alive(int(info["pid"]))]
-        exited = [a for a in self._agents if a.poll() is not None]
+        deadline = time.monotonic() + grace_s
+        while True:
+            gone = [rank for rank, info in self.ranks.items()
+                    if info.get("host") == local and not _pid_alive(int(info["pid"]))]
+            dead = [rank for rank in gone if rank not in reported()] if reported is not None else gone
+            exited = [a for a in self._agents if a.poll() is not None] if reported is None else []
+            if dead or exited or time.monotonic() >= deadline:
+                break
+            time.sleep(POLL_S)
         if not dead and not exited:
             return
         what = (", ".join(f"rank {r} (pid {self.ranks[r]['pid']})" for r in dead) + " died") if dead else \
