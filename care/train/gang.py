@@ -36,6 +36,7 @@ import atexit
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -191,8 +192,6 @@ class Gang:
             for key, gang in list(_GANGS.items()):
                 if gang is self:
                     del _GANGS[key]
-        import shutil
-
         shutil.rmtree(self._logs, ignore_errors=True)
 
     def alive(self) -> bool:
