@@ -30,6 +30,7 @@ from care.train.state import PolicyState, of_checkpoint
 from care.workspace import Workspace
 from flows.evaluate import evaluate
 from tasks.common import checkpoint_ready, file_ready, run_stage
+from tasks.gang_nodes import submit_nodes
 from tasks.rl import (
     catalog_checkpoints,
     generated_path,
@@ -62,6 +63,7 @@ def rl(config: RLConfig, home: str | None = None) -> dict:
     # experiment trackers (report_to) mirror the metrics the tasks record from here on; closed at the end
     tracking.start(run_id, config.report_to, config.tracking_folder(ws.root), config.model_dump(mode="json"))
     runs.start_run(run_id, kind="rl", config=config.model_dump(mode="json"), path=catalog_file)
+    gang.set_node_launcher(submit_nodes)  # nodes beyond this machine's: a gang-node deployment run each
     try:
         ckpt_dir = ws.run_dir(run_id) / "checkpoints"
         ro, spec = config.rollout, replay_spec(config, data)

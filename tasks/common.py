@@ -7,7 +7,9 @@
   than answered from a cached manifest that points at nothing.
 - Retries only on IO errors that can pass (``is_transient``), never on bad data or a bug.
 - ``run_stage`` calls a task, records the outcome in the catalog's ``stages`` table (status, attempts, cache
-  hit, seconds) and returns its manifest.
+  hit, seconds) together with the metrics the task returned (``records``), in one catalog connection, and
+  returns its manifest. The metrics travel in the manifest, so a cache hit writes them again (an upsert: same
+  rows) and a process killed between a task's end and its catalog write loses nothing.
 """
 
 from __future__ import annotations
@@ -70,15 +72,24 @@ def run_stage(task: Task, *, run_id: str, iteration: int, stage: str, output_rea
     if not state.is_completed():
         runs.record_stage(run_id, iteration, stage, status="failed", seconds=seconds, path=catalog_file)
         state.result()  # raises the task's exception
-    manifest = state.result()
+    manifest = dict(state.result())
+    metrics = [runs.MetricRecord(*r) for r in manifest.pop(RECORDS_KEY, [])]
     cache_hit = state.name == "Cached"
     # the key Prefect cached the result under (same function, same inputs), so SQL can tie a row to its result
     key = task.cache_key_fn(None, {"run_id": run_id, "iteration": iteration, **params}) if task.cache_key_fn else None
     runs.record_stage(run_id, iteration, stage, status="completed", cache_hit=cache_hit,
                       attempts=0 if cache_hit else int(manifest.get("attempts", 1)), seconds=seconds,
                       cache_key=key, output=manifest.get("path") or manifest.get("checkpoint"),
-                      path=catalog_file)
+                      metrics=metrics, path=catalog_file)
     return {**manifest, "cache_hit": cache_hit}
+
+
+RECORDS_KEY = "metric_records"
+
+
+def records(rows: list[tuple[int, dict, str]]) -> dict:
+    """The part of a task's manifest that ``run_stage`` writes to ``metrics``: (step, values, stage) rows."""
+    return {RECORDS_KEY: [list(r) for r in rows]}
 
 
 def file_ready(path: str | Path) -> Callable[[], bool]:

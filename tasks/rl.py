@@ -21,7 +21,7 @@ from care.train.rollout import run_rollout_stage
 from care.train.samples import DataSpec
 from care.train.scoring import run_scoring_stage
 from care.train.state import PolicyState, as_state, file_sha
-from tasks.common import JSON_RESULTS, attempts, is_transient, stage_key
+from tasks.common import JSON_RESULTS, attempts, is_transient, records, stage_key
 
 
 @task(name="initial-checkpoint", retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient)
@@ -52,8 +52,7 @@ def rollout(run_id: str, iteration: int, state: PolicyState, sample_ids: list[st
                                      seed=seed, out_dir=iteration_dir(Path(rollouts_root), run_id, iteration))
     peak = stage_peak(peak, manifest, here=measured_here(state, backend=config.backend))
     metrics = {**generation_metrics(manifest), **peak.metrics("rollout")}
-    runs.record_metrics(run_id, state.step + 1, metrics, stage="rollout", path=catalog_file)
-    return {**manifest, **peak.fields(), "attempts": attempts()}
+    return {**manifest, **peak.fields(), "attempts": attempts(), **records([(state.step + 1, metrics, "rollout")])}
 
 
 def stage_peak(peak: Peak, manifest: dict, *, here: bool) -> Peak:
@@ -93,8 +92,8 @@ def scoring(run_id: str, iteration: int, state: PolicyState, generated_path: str
     timings = {"scoring_seconds": manifest["seconds"],
                "reference_forward_seconds": manifest.get("compute_seconds", manifest["seconds"]),
                **peak.metrics("scoring")}
-    runs.record_metrics(run_id, step, {**manifest["metrics"], **timings}, stage="scoring", path=catalog_file)
-    return {**manifest, **peak.fields(), "attempts": attempts(), "step": step}
+    return {**manifest, **peak.fields(), "attempts": attempts(), "step": step,
+            **records([(step, {**manifest["metrics"], **timings}, "scoring")])}
 
 
 def _optimise_key(context, p) -> str:
@@ -120,16 +119,14 @@ def optimise(run_id: str, iteration: int, state: PolicyState, generated_path: st
             max_new_tokens=spec.max_new_tokens, iteration=iteration, checkpoint_out=checkpoint_out,
             data_cursor=data_cursor, background=background, keep_last=keep_last, keep_every=keep_every,
         )
-    # the stage's peak goes with its first step's metrics (where rollout and scoring record theirs): one catalog
-    # write per step, each a DuckDB connection (25-50 ms here)
+    # the stage's peak goes with its first step's metrics (where rollout and scoring record theirs)
     peak = stage_peak(peak, result, here=measured_here(state)).metrics("optimise")
-    for n, entry in enumerate(result["steps"]):
-        metrics = {**{k: v for k, v in entry.items() if k != "step"}, **(peak if n == 0 else {})}
-        runs.record_metrics(run_id, entry["step"], metrics, stage="optimise", path=catalog_file)
+    steps = [(entry["step"], {**{k: v for k, v in entry.items() if k != "step"}, **(peak if n == 0 else {})},
+              "optimise") for n, entry in enumerate(result["steps"])]
     new_state = {**result["state"], "step": result["step"]}
     return {"state": new_state, "checkpoint": result["checkpoint"], "step": result["step"],
             "seconds": result["seconds"], "last": result["steps"][-1] if result["steps"] else {},
-            "attempts": attempts()}
+            "attempts": attempts(), **records(steps)}
 
 
 @task(name="catalog-checkpoints", retries=2, retry_delay_seconds=1, retry_condition_fn=is_transient)

@@ -67,7 +67,10 @@ def test_deploy_worker_and_scheduled_retraining(stack, demo_root, tiny_model_dir
     create_pools_and_deploy(stack)
 
     deployments = {d["name"]: d for d in httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()}
-    assert set(deployments) == set(SCHEMAS)
+    assert set(deployments) == set(SCHEMAS) | {"gang-node"}
+    node_schema = deployments["gang-node"]["parameter_openapi_schema"]  # a multi-node gang's other nodes
+    assert set(node_schema["properties"]) == {"nproc_per_node", "nnodes", "rdzv_endpoint", "control", "run_key"}
+    assert deployments["gang-node"]["work_pool_name"] == "gpu"
     for name, model in SCHEMAS.items():
         schema = deployments[name]["parameter_openapi_schema"]
         assert schema["properties"]["config"]["$ref"] == f"#/definitions/{model.__name__}", name

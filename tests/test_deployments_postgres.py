@@ -196,7 +196,7 @@ def test_prefect_keeps_its_state_in_postgres(deployed, postgres):
                                              "WHERE table_schema = 'public'")}
     assert {"alembic_version", "deployment", "flow_run", "flow_run_state", "work_pool", "worker"} <= tables
     deployments = postgres.sql("SELECT f.name || '/' || d.name FROM deployment d JOIN flow f ON f.id = d.flow_id")
-    assert sorted(row[0] for row in deployments) == ["evaluate/evaluate", "pipeline/pipeline",
+    assert sorted(row[0] for row in deployments) == ["evaluate/evaluate", "gang-node/gang-node", "pipeline/pipeline",
                                                      "preprocess/preprocess", "retrain/retrain", "rl/rl"]
     pools = postgres.sql("SELECT name, type, concurrency_limit FROM work_pool WHERE name IN ('cpu', 'gpu') "
                          "ORDER BY name")
@@ -335,3 +335,51 @@ def test_cancelling_a_running_round_leaves_no_process(deployed, postgres):
     [[states]] = postgres.sql("SELECT string_agg(type::text, ',' ORDER BY timestamp) FROM flow_run_state "
                               f"WHERE flow_run_id = '{run_id}'")
     assert states.split(",")[-3:] == ["RUNNING", "CANCELLING", "CANCELLED"], states
+
+
+def test_a_two_node_gang_gets_its_second_node_from_the_gang_node_deployment(deployed, postgres):
+    """optim.nnodes 2 with local_nodes 1: the rl stage of a round starts its own node and submits a gang-node
+    deployment run for the other, which a second gpu worker runs; the ranks rendezvous over c10d, the round
+    completes, and the node run ends with the gang, leaving no process."""
+    stack, api = deployed.stack, deployed.api
+    stack.run("work-pool", "set-concurrency-limit", "gpu", "2")  # one flow run per node, two nodes
+    second = stack.start("worker-gpu-1", "worker", "start", "--pool", "gpu", "--limit", "1", "--name", "gpu-1")
+    try:
+        params = retrain_params(str(deployed.model), str(deployed.data_root), run_name="retrain-two-nodes")
+        params["rl"]["rollout"]["generation_batch_prompts"] = 1  # 2 prompts: one generation chunk per rank
+        params["rl"]["optim"].update(num_processes=2, nnodes=2, local_nodes=1, rdzv_endpoint=f"127.0.0.1:{free_port()}",
+                                     node_deployment="gang-node/gang-node")
+        run_id = flow_run_id(stack.run("deployment", "run", "retrain/retrain", "--param",
+                                       f"config={json.dumps(params)}"))
+        [run] = wait_runs(api, [run_id], seconds=600)
+        assert run["state_type"] == "COMPLETED", stack.log_tail()
+        node_deployment = httpx.get(f"{api}/deployments/name/gang-node/gang-node", timeout=10).json()
+        body = {"deployments": {"id": {"any_": [node_deployment["id"]]}}}
+        [node_run] = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
+        [node] = wait_runs(api, [node_run["id"]], seconds=120)
+        assert node["state_type"] == "COMPLETED", stack.log_tail()
+        assert node["name"].endswith("-node1") and node["parameters"]["nnodes"] == 2
+
+        def worker_of(flow_run: str) -> str:
+            logs = _until(f"the submitting worker in {flow_run}'s logs", 60,
+                          lambda: re.search(r"Worker '(gpu-\d)' submitting", flow_run_logs(api, flow_run)))
+            return logs.group(1)
+
+        assert worker_of(run_id) != worker_of(node["id"])  # the second node ran on the other worker
+        rl_runs = httpx.post(f"{api}/flow_runs/filter", json={"flows": {"name": {"any_": ["rl"]}}}, timeout=10).json()
+        [rl_run] = [r for r in rl_runs if r["parameters"]["config"]["run_name"] == "retrain-two-nodes"]  # the subflow
+        assert "gang: 1 other node(s) submitted" in flow_run_logs(api, rl_run["id"])
+        assert "gang node done" in _until("the node run's last log line", 60,
+                                          lambda: (t := flow_run_logs(api, node["id"])) and "gang node done" in t
+                                          and t)
+        ws = Workspace.at(deployed.folder / "care_home")
+        [[rows]] = catalog.query("select count(*) from stages where run_id = 'retrain-two-nodes' and "
+                                 "status = 'completed' and stage in ('rollout', 'scoring', 'optimise')",
+                                 path=ws.catalog_path)
+        assert rows == 3
+        _until("no process of either flow run left", 60,
+               lambda: not _flow_run_processes(run_id) and not _flow_run_processes(node["id"]))
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(timeout=30)
+        stack.run("work-pool", "set-concurrency-limit", "gpu", "1")

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -163,6 +164,60 @@ def test_two_nodes_rendezvous_over_c10d(tmp_path, data, tiny_model_dir):
         crew.close()
 
 
+def test_other_nodes_come_from_the_node_launcher(capsys):
+    """With nnodes > local_nodes the driver starts its own node and asks the registered launcher for the rest
+    (the rl flow registers Prefect's: tests/test_deployments_postgres.py); here the launcher runs the node with
+    ``run_node`` in a thread, as a gang-node flow run does. Unset, the driver prints the command to run."""
+    spec = GangSpec(nproc_per_node=1, nnodes=2, rdzv_endpoint=f"127.0.0.1:{free_port()}", local_nodes=1,
+                    node_deployment="gang-node/gang-node")
+    started: list[tuple] = []
+
+    class ThreadNode:
+        def __init__(self, control, run_key):
+            self.code = None
+            self.thread = threading.Thread(target=self._run, args=(control, run_key), daemon=True)
+            self.thread.start()
+
+        def _run(self, control, run_key):
+            self.code = gang.run_node(spec, control, run_key=run_key)
+
+        def describe(self):
+            return "node 1: a thread"
+
+        def ended(self):
+            return None if self.code is None else f"exit status {self.code}"
+
+        def cancel(self):
+            pass
+
+    def launcher(got, control, run_key, node_ranks):
+        started.append((got, node_ranks))
+        return [ThreadNode(control, run_key) for _ in node_ranks]
+
+    gang.set_node_launcher(launcher)
+    try:
+        crew = Gang(spec, run_key="launched")
+        try:
+            assert [p["rank"] for p in crew.call("ping")] == [0, 1] and len(crew._agents) == 1
+            assert started == [(spec, [1])]
+        finally:
+            crew.close()
+        node = crew._remote[0]
+        node.thread.join(60)
+        # both nodes ended on the gang's stop command, not by a kill: the remote one leaves the rendezvous, which
+        # the driver hosts, before it goes
+        assert node.code == 0 and [a.returncode for a in crew._agents] == [0]
+    finally:
+        gang.set_node_launcher(None)
+    assert "1 other node(s) submitted: node 1: a thread" in capsys.readouterr().out
+    manual = GangSpec(nproc_per_node=1, nnodes=2, rdzv_endpoint=f"127.0.0.1:{free_port()}", local_nodes=1)
+    with pytest.raises(gang.GangError, match="did not start within 3 s"):
+        Gang(manual, start_timeout_s=3)  # nobody starts node 1
+    out = capsys.readouterr().out
+    assert "waiting for 1 other node(s)" in out and f"{gang.CONTROL_ENV}=127.0.0.1:" in out
+    assert "--rdzv-endpoint " + manual.rdzv_endpoint in out
+
+
 DRIVER = """
 import json, sys, time
 from care.train.gang import Gang, GangSpec
@@ -230,7 +285,7 @@ def test_placement_is_checked_and_is_not_part_of_a_runs_identity(tiny_model_dir,
         OptimConfig(num_processes=3, nnodes=2, rdzv_endpoint="h:1")
     here = _config(tiny_model_dir, Path(data.data_root), num_processes=2)
     there = _config(tiny_model_dir, Path(data.data_root), num_processes=2, nnodes=2, rdzv_endpoint="10.0.0.1:29400",
-                    local_nodes=1, control_host="10.0.0.1")
+                    local_nodes=1, control_host="10.0.0.1", node_deployment="gang-node/gang-node")
     assert here.run_id() == there.run_id() and here.optim.identity() == there.optim.identity()
     assert _config(tiny_model_dir, Path(data.data_root), num_processes=4).optim.identity() != here.optim.identity()
     spec = gang.spec_of(there.optim)

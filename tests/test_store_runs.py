@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import duckdb
+import pytest
+
 from care.store import catalog, runs
 from care.store.rollout_log import (
     GENERATED_FILE,
@@ -45,6 +48,22 @@ def test_runs_stages_metrics_upsert(tmp_path):
     assert catalog.query("select count(*) from checkpoints", path=db) == [(1,)]
     assert sorted(catalog.query("select name, value from metrics", path=db)) == [("nan_metric", None),
                                                                                   ("reward_mean", 1.5)]
+
+
+def test_stage_row_and_its_metrics_are_one_transaction(tmp_path):
+    db = tmp_path / "c.duckdb"
+    records = [runs.MetricRecord(3, {"loss": 0.5, "bad": float("inf")}, "optimise"),
+               runs.MetricRecord(4, {"loss": 0.25}, "optimise")]
+    runs.record_stage("r1", 2, "optimise", status="completed", seconds=0.1, metrics=records, path=db)
+    runs.record_stage("r1", 2, "optimise", status="completed", cache_hit=True, metrics=records, path=db)  # cache hit
+    assert catalog.query("select cache_hit from stages", path=db) == [(True,)]
+    assert sorted(catalog.query("select step, name, value, stage from metrics", path=db)) == [
+        (3, "bad", None, "optimise"), (3, "loss", 0.5, "optimise"), (4, "loss", 0.25, "optimise")]
+    # a metric row that cannot be written (no step) rolls the stage row back with it
+    with pytest.raises(duckdb.ConstraintException, match="NOT NULL"):
+        runs.record_stage("r1", 5, "rollout", status="completed", metrics=[runs.MetricRecord(None, {"x": 1.0})],
+                          path=db)
+    assert catalog.query("select count(*) from stages where iteration = 5", path=db) == [(0,)]
 
 
 def test_rollouts_view_joins_scores(tmp_path):

@@ -83,7 +83,8 @@ class ScoringConfig(StageConfig):
         return self
 
 
-PLACEMENT = ("nnodes", "rdzv_endpoint", "local_nodes", "control_host")  # OptimConfig fields of where, not what
+# OptimConfig fields of where the ranks run, not what they compute
+PLACEMENT = ("nnodes", "rdzv_endpoint", "local_nodes", "control_host", "node_deployment")
 
 
 class OptimConfig(StageConfig):
@@ -122,6 +123,10 @@ class OptimConfig(StageConfig):
                                     "cluster, where the other nodes join from their own machines.")
     control_host: str = Field("127.0.0.1", description="Address at which the ranks reach the flow's control store "
                               "(this machine's address on a cluster).")
+    node_deployment: str | None = Field(None, description="Prefect deployment ('flow/deployment') that starts each "
+                                        "node the flow's machine does not (nnodes > local_nodes): one flow run per "
+                                        "node, e.g. 'gang-node/gang-node' on the gpu pool (deployments/prefect.yaml). "
+                                        "None: start them by hand with the command the run prints.")
 
     def identity(self) -> dict:
         """What of the settings changes an update (where the ranks run does not: a run resumes on other nodes)."""

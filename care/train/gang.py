@@ -9,7 +9,10 @@ state and catalog rows; their bodies hand the stage to the gang with ``call``.
 
 **Launch.** ``torchrun`` (``python -m torch.distributed.run``) starts the ranks: ``--standalone`` on one node,
 or c10d rendezvous (``--nnodes N --rdzv-backend c10d --rdzv-endpoint HOST:PORT``) across nodes, where every
-node runs the same command (``node_command``). The ranks form their process group (gloo on CPU, NCCL on GPUs)
+node runs the same command (``node_command``): the flow's machine starts ``local_nodes`` of them, and a
+*node launcher* starts the others (``set_node_launcher``: the flows register one that submits a Prefect
+deployment run per node, ``flows/gang_node.py``, onto the gpu pool, where each node's worker runs
+``run_node``). The ranks form their process group (gloo on CPU, NCCL on GPUs)
 through accelerate, as the one-process update does. Nothing here schedules, restarts or places processes:
 torchrun's elastic agent does, with ``--max-restarts 0`` (a dead rank fails the stage; the run resumes from
 its newest checkpoint, ``docs/reliability.md``).
@@ -44,9 +47,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Protocol
 
 from care.errors import CareError
 
@@ -55,6 +60,7 @@ HEARTBEAT_S = 1.0  # how often a rank checks that the flow's process (its contro
 POLL_S = 0.05
 START_TIMEOUT_S = 600.0  # imports, process group, first connection: minutes on a loaded machine
 STDERR_TAIL_LINES = 25
+REMOTE_CHECK_S = 2.0  # how often the driver asks whether a node started elsewhere has ended
 DEATH_GRACE_S = 2.0  # how long a rank's error waits for a peer's death to show (the error then names the dead)
 
 
@@ -77,6 +83,7 @@ class GangSpec:
     rdzv_endpoint: str | None = None
     local_nodes: int | None = None
     control_host: str = "127.0.0.1"
+    node_deployment: str | None = None  # what starts the other nodes (a Prefect deployment), see RemoteNode
 
     @property
     def world_size(self) -> int:
@@ -103,6 +110,61 @@ def node_command(spec: GangSpec, *, run_key: str = "care", python: str | None = 
         command += ["--nnodes", str(spec.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", spec.rdzv_endpoint,
                     "--rdzv-id", run_key]
     return [*command, "-m", "care.train.gang_worker"]
+
+
+class RemoteNode(Protocol):
+    """A node of the gang started elsewhere (by the registered node launcher): what it is, whether it ended."""
+
+    def describe(self) -> str: ...
+
+    def ended(self) -> str | None:
+        """None while it runs; else how it ended (e.g. "flow run gang-node-... FAILED")."""
+
+    def cancel(self) -> None: ...
+
+
+# (spec, control endpoint, run key, node ranks to start) -> one RemoteNode per node rank
+NodeLauncher = Callable[[GangSpec, str, str, list[int]], list[RemoteNode]]
+_LAUNCHER: list[NodeLauncher] = []
+
+
+def set_node_launcher(launcher: NodeLauncher | None) -> None:
+    """How this process starts the nodes it does not run itself (``nnodes > local_nodes``); None: nobody does,
+    and the gang waits for them to be started by hand with the command it prints."""
+    _LAUNCHER[:] = [launcher] if launcher is not None else []
+
+
+def run_node(spec: GangSpec, control: str, *, run_key: str = "care") -> int:
+    """Run one node of a gang in the foreground (a remote node: what a gang-node deployment run executes); the
+    exit status of its torchrun agent. Its ranks connect to the driver's store at ``control`` and exit with it."""
+    env = {**os.environ, CONTROL_ENV: control, "PYTHONUNBUFFERED": "1",
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    agent = subprocess.Popen(node_command(spec, run_key=run_key), env=env, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        return agent.wait()
+    finally:  # this process stopped (a cancelled flow run): the node's ranks go with it
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(agent.pid, signal.SIGKILL)
+
+
+def _host_rendezvous(spec: GangSpec):
+    """Host the c10d rendezvous store here when its endpoint is this machine (None otherwise).
+
+    torchrun's agent on the endpoint's machine would host it, and leave with its node: a node on another
+    machine that shuts down after it then fails ("connection to the C10d store has failed") although its ranks
+    finished. Hosted by the driver, the store lives until every node has left; the agents here find the port
+    taken and join as clients (torch's c10d backend falls back to that)."""
+    if spec.nnodes == 1 or not spec.rdzv_endpoint:
+        return None
+    from torch.distributed import TCPStore
+
+    host, _, port = spec.rdzv_endpoint.rpartition(":")
+    local = {"127.0.0.1", "localhost", "::1", socket.gethostname(), socket.getfqdn(), spec.control_host}
+    if host not in local or not port.isdigit():
+        return None
+    return TCPStore(host, int(port), is_master=True, multi_tenant=True, wait_for_workers=False,
+                    timeout=timedelta(seconds=60))
 
 
 def _tail(path: Path) -> str:
@@ -135,8 +197,11 @@ class Gang:
         self._store = TCPStore(spec.control_host if spec.nnodes > 1 else "127.0.0.1", 0, is_master=True,
                                wait_for_workers=False, timeout=timedelta(seconds=30))
         self.control = f"{spec.control_host}:{self._store.port}"
+        self._rendezvous = _host_rendezvous(spec)
         self._logs = Path(tempfile.mkdtemp(prefix="care-gang-"))
         self._agents: list[subprocess.Popen] = []
+        self._remote: list[RemoteNode] = []
+        self._remote_checked = 0.0
         self._next = 0
         self._lock = threading.Lock()
         self.ranks: dict[int, dict] = {}
@@ -160,6 +225,7 @@ class Gang:
                                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                                  start_new_session=True))
             log.close()
+        self._start_remote_nodes()
         deadline = time.monotonic() + timeout_s
         while len(self.ranks) < self.spec.world_size:
             for rank in range(self.spec.world_size):
@@ -167,22 +233,45 @@ class Gang:
                     self.ranks[rank] = json.loads(self._store.get(f"ready/{rank}"))
             self._raise_if_dead("starting")
             if time.monotonic() > deadline:
+                remote = "; ".join(n.describe() for n in self._remote) or "none started by this process"
                 raise GangError(f"the gang of {self.spec.world_size} ranks did not start within {timeout_s:.0f} s "
-                                f"({len(self.ranks)} ready); agent output:\n{self._agent_tails()}")
+                                f"({len(self.ranks)} ready; other nodes: {remote}); agent output:\n"
+                                f"{self._agent_tails()}")
             time.sleep(POLL_S)
         self.started_s = time.perf_counter() - t0
+
+    def _start_remote_nodes(self) -> None:
+        node_ranks = list(range(self.spec.nodes_started_here, self.spec.nnodes))
+        if not node_ranks:
+            return
+        if _LAUNCHER and self.spec.node_deployment:
+            self._remote = list(_LAUNCHER[0](self.spec, self.control, self.run_key, node_ranks))
+            print(f"gang: {len(self._remote)} other node(s) submitted: "
+                  + "; ".join(n.describe() for n in self._remote), flush=True)
+            return
+        command = " ".join(node_command(self.spec, run_key=self.run_key))
+        print(f"gang: waiting for {len(node_ranks)} other node(s) (optim.node_deployment is not set): on each, run\n"
+              f"  {CONTROL_ENV}={self.control} {command}", flush=True)
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Stop the ranks (a ``stop`` command, then SIGKILL of the agents' process groups); idempotent."""
         if self.closed:
             return
+        running = self.alive()  # before closed is set, which alive() also reads
         self.closed = True
         with contextlib.suppress(Exception):
-            if self.alive():
+            if running:
                 self._store.set(f"cmd/{self._next}", json.dumps({"op": "stop", "job": {}}))
                 deadline = time.monotonic() + timeout_s
                 while any(a.poll() is None for a in self._agents) and time.monotonic() < deadline:
                     time.sleep(POLL_S)
+                # remote nodes leave the rendezvous (this process's store) before it goes
+                while time.monotonic() < deadline and any(n.ended() is None for n in self._remote):
+                    time.sleep(REMOTE_CHECK_S / 4)
+        for node in self._remote:  # a remote node ends on the stop command; one that never started is cancelled
+            with contextlib.suppress(Exception):
+                if node.ended() is None:
+                    node.cancel()
         for agent in self._agents:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(agent.pid, signal.SIGKILL)
@@ -193,6 +282,7 @@ class Gang:
                 if gang is self:
                     del _GANGS[key]
         shutil.rmtree(self._logs, ignore_errors=True)
+        self._rendezvous = None  # the c10d rendezvous store this process hosted, if any, closes last
 
     def alive(self) -> bool:
         return not self.closed and all(a.poll() is None for a in self._agents)
@@ -274,15 +364,28 @@ class Gang:
                     if info.get("host") == local and not _pid_alive(int(info["pid"]))]
             dead = [rank for rank in gone if rank not in reported()] if reported is not None else gone
             exited = [a for a in self._agents if a.poll() is not None] if reported is None else []
-            if dead or exited or time.monotonic() >= deadline:
+            remote = self._remote_ended() if reported is None else []
+            if dead or exited or remote or time.monotonic() >= deadline:
                 break
             time.sleep(POLL_S)
-        if not dead and not exited:
+        if not dead and not exited and not remote:
             return
         what = (", ".join(f"rank {r} (pid {self.ranks[r]['pid']})" for r in dead) + " died") if dead else \
-            "the torchrun agent exited"
+            "the torchrun agent exited" if exited else f"a remote node ended ({'; '.join(remote)})"
         raise GangError(f"gang failure during {during}: {what}; {self._describe_exit()}. Re-run the flow: it "
                         f"resumes from the newest checkpoint. Agent output:\n{self._agent_tails()}")
+
+    def _remote_ended(self) -> list[str]:
+        """How remote nodes ended, if any did; asked at most every REMOTE_CHECK_S (it is an API call)."""
+        if not self._remote or time.monotonic() - self._remote_checked < REMOTE_CHECK_S:
+            return []
+        self._remote_checked = time.monotonic()
+        ended = []
+        for node in self._remote:
+            with contextlib.suppress(Exception):
+                if (how := node.ended()) is not None:
+                    ended.append(how)
+        return ended
 
     def _describe_exit(self) -> str:
         codes = [a.poll() for a in self._agents]
@@ -349,7 +452,7 @@ def spec_of(config) -> GangSpec:
         raise CareError(f"optim.num_processes={config.num_processes} is not a multiple of optim.nnodes={config.nnodes}")
     return GangSpec(nproc_per_node=config.num_processes // config.nnodes, nnodes=config.nnodes,
                     rdzv_endpoint=config.rdzv_endpoint, local_nodes=config.local_nodes,
-                    control_host=config.control_host)
+                    control_host=config.control_host, node_deployment=config.node_deployment)
 
 
 def in_rank() -> bool:
