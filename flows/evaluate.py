@@ -51,9 +51,8 @@ def evaluate(config: EvalConfig, home: str | None = None, show_table: bool = Tru
     out_dir = str(ws.run_dir(run_id) / "eval" / label)
     # an eval run of its own (not an evaluation inside a training run), also when a killed attempt left its row
     own_run = _run_kind(run_id, catalog_file) in (None, "eval")
-    if own_run:
-        runs.start_run(run_id, kind="eval", config=config.model_dump(mode="json"), path=catalog_file)
-    try:
+    with runs.recorded(run_id, kind="eval", config=config.model_dump(mode="json"), path=catalog_file,
+                       own=own_run):
         preprocess(PreprocessConfig(data_root=config.data_root, sampling=config.frames, shuffle_options=False,
                                     annotations=[config.annotation_file(level) for level in config.levels]),
                    home=str(ws.root))
@@ -65,12 +64,6 @@ def evaluate(config: EvalConfig, home: str | None = None, show_table: bool = Tru
             for level in config.levels
         ]
         published = publish_results(manifests, config.confidence, str(ws.runs_dir), catalog_file)
-    except BaseException as exc:
-        if own_run:
-            runs.finish_run(run_id, status="failed", message=f"{type(exc).__name__}: {exc}"[:500], path=catalog_file)
-        raise
-    if own_run:
-        runs.finish_run(run_id, status="completed", path=catalog_file)
     hits = [m["level"] for m in manifests if m["cache_hit"]]
     if show_table:
         _print_table(f"{label} ({run_id}, checkpoint {model_id})", published["cells"])

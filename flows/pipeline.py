@@ -28,8 +28,7 @@ def pipeline(config: PipelineConfig, home: str | None = None) -> dict:
     """Run the whole pipeline; returns run ids, the results table and the plot's path."""
     ws = Workspace.at(home).ensure()
     pipeline_id, catalog_file = config.run_id(), str(ws.catalog_path)
-    runs.start_run(pipeline_id, kind="pipeline", config=config.model_dump(mode="json"), path=catalog_file)
-    try:
+    with runs.recorded(pipeline_id, kind="pipeline", config=config.model_dump(mode="json"), path=catalog_file):
         data_root = config.data_root or demo_data(str(ws.demo_data_dir), config.demo)
         model = config.model or tiny_model(str(ws.models_dir / f"tiny-seed{config.tiny_model_seed}"), data_root,
                                            config.tiny_model_seed)
@@ -52,10 +51,6 @@ def pipeline(config: PipelineConfig, home: str | None = None) -> dict:
                 evaluations["rl"] = evaluate(config.eval_config(trained["checkpoint"], data_root, "rl"),
                                              home=str(ws.root))
         result = report(pipeline_id, str(ws.run_dir(pipeline_id)), evaluations, run_ids, catalog_file)
-    except BaseException as exc:
-        runs.finish_run(pipeline_id, status="failed", message=f"{type(exc).__name__}: {exc}"[:500], path=catalog_file)
-        raise
-    runs.finish_run(pipeline_id, status="completed", path=catalog_file)
     print(f"pipeline {pipeline_id}: results\n{render_table(result['table'])}")
     print(f"plot: {result['plot']}")
     print("dig in:\n  care sql \"select label, level, judge, accuracy, consistency_rate from eval_results "

@@ -38,19 +38,16 @@ def sft(config: SFTConfig, home: str | None = None) -> dict:
     run_dir = ws.run_dir(run_id)
     final = run_dir / "checkpoints" / checkpoint_name(config.steps)
     tracking.start(run_id, config.report_to, config.tracking_folder(ws.root), config.model_dump(mode="json"))
-    runs.start_run(run_id, kind="sft", config=config.model_dump(mode="json"), path=catalog_file)
-    try:
-        print(f"run {run_id}: SFT to step {config.steps} (batch {config.batch_size}, lr {config.learning_rate}); "
-              f"checkpoints {run_dir / 'checkpoints'}/{CHECKPOINT_PREFIX}NNNNN")
-        result = run_stage(sft_task, run_id=run_id, iteration=0, stage="sft", output_ready=checkpoint_ready(final),
-                           catalog_file=catalog_file, config=config, data=data, run_dir=str(run_dir))
-        print(_summary_line(result, config.steps))
-    except BaseException as exc:
-        runs.finish_run(run_id, status="failed", message=f"{type(exc).__name__}: {exc}"[:500], path=catalog_file)
-        raise
-    finally:  # the trackers (report_to) hold files open
-        tracking.finish(run_id)
-    runs.finish_run(run_id, status="completed", path=catalog_file)
+    with runs.recorded(run_id, kind="sft", config=config.model_dump(mode="json"), path=catalog_file):
+        try:
+            print(f"run {run_id}: SFT to step {config.steps} (batch {config.batch_size}, lr {config.learning_rate}); "
+                  f"checkpoints {run_dir / 'checkpoints'}/{CHECKPOINT_PREFIX}NNNNN")
+            result = run_stage(sft_task, run_id=run_id, iteration=0, stage="sft",
+                               output_ready=checkpoint_ready(final), catalog_file=catalog_file, config=config,
+                               data=data, run_dir=str(run_dir))
+            print(_summary_line(result, config.steps))
+        finally:  # the trackers (report_to) hold files open
+            tracking.finish(run_id)
     ckpt = result["checkpoint"]
     print(f"run {run_id} completed; final checkpoint {ckpt}")
     print(f"dig in: care sql \"select step, name, value from metrics where run_id = '{run_id}' order by step, name\"")

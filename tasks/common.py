@@ -7,8 +7,8 @@
   than answered from a cached manifest that points at nothing.
 - Retries only on IO errors that can pass (``is_transient``), never on bad data or a bug.
 - ``run_stage`` calls a task, records the outcome in the catalog's ``stages`` table (status, attempts, cache
-  hit, seconds) together with the metrics the task returned (``records``), in one catalog connection, and
-  returns its manifest. The metrics travel in the manifest, so a cache hit writes them again (an upsert: same
+  hit, seconds) together with the metrics the task returned (``records``), in one catalog connection (or
+  queues it in ``pending``, which the RL flow writes once per iteration), and returns its manifest. The metrics travel in the manifest, so a cache hit writes them again (an upsert: same
   rows) and a process killed between a task's end and its catalog write loses nothing.
 """
 
@@ -58,10 +58,12 @@ def attempts() -> int:
 
 
 def run_stage(task: Task, *, run_id: str, iteration: int, stage: str, output_ready: Callable[[], bool],
-              catalog_file: str, **params: Any) -> dict:
+              catalog_file: str, pending: list[runs.StageOutcome] | None = None, **params: Any) -> dict:
     """Run ``task(run_id=, iteration=, **params)``; a cached result whose output is gone is recomputed.
 
-    Records the outcome in the ``stages`` table.
+    Records the outcome (and the metrics the task returned) in the ``stages`` table, or, given ``pending``,
+    appends it there for the caller to write with others (``runs.record_stages``); a failure is written at
+    once, with whatever is pending.
     """
     t0 = time.perf_counter()
     chosen = task if output_ready() else task.with_options(refresh_cache=True)
@@ -69,18 +71,23 @@ def run_stage(task: Task, *, run_id: str, iteration: int, stage: str, output_rea
         params["catalog_file"] = catalog_file
     state = chosen(run_id=run_id, iteration=iteration, **params, return_state=True)
     seconds = time.perf_counter() - t0
+    queue = pending if pending is not None else []
     if not state.is_completed():
-        runs.record_stage(run_id, iteration, stage, status="failed", seconds=seconds, path=catalog_file)
+        queue.append(runs.StageOutcome(run_id, iteration, stage, "failed", seconds=seconds))
+        runs.record_stages(queue, path=catalog_file)
+        queue.clear()
         state.result()  # raises the task's exception
     manifest = dict(state.result())
     metrics = [runs.MetricRecord(*r) for r in manifest.pop(RECORDS_KEY, [])]
     cache_hit = state.name == "Cached"
     # the key Prefect cached the result under (same function, same inputs), so SQL can tie a row to its result
     key = task.cache_key_fn(None, {"run_id": run_id, "iteration": iteration, **params}) if task.cache_key_fn else None
-    runs.record_stage(run_id, iteration, stage, status="completed", cache_hit=cache_hit,
-                      attempts=0 if cache_hit else int(manifest.get("attempts", 1)), seconds=seconds,
-                      cache_key=key, output=manifest.get("path") or manifest.get("checkpoint"),
-                      metrics=metrics, path=catalog_file)
+    queue.append(runs.StageOutcome(run_id, iteration, stage, "completed",
+                                   attempts=0 if cache_hit else int(manifest.get("attempts", 1)), cache_hit=cache_hit,
+                                   seconds=seconds, cache_key=key,
+                                   output=manifest.get("path") or manifest.get("checkpoint"), metrics=metrics))
+    if pending is None:
+        runs.record_stages(queue, path=catalog_file)
     return {**manifest, "cache_hit": cache_hit}
 
 

@@ -292,3 +292,12 @@ def test_placement_is_checked_and_is_not_part_of_a_runs_identity(tiny_model_dir,
     assert (spec.nproc_per_node, spec.nnodes, spec.nodes_started_here, spec.world_size) == (1, 2, 1, 2)
     command = gang.node_command(spec, run_key="r")
     assert command[command.index("--rdzv-endpoint") + 1] == "10.0.0.1:29400" and "--standalone" not in command
+
+
+def test_a_batch_the_ranks_cannot_split_is_refused_before_any_work():
+    from care.train.config import RLConfig
+
+    base = {"model": "m", "data_root": "d", "rollout": {"group_size": 3, "prompts_per_iteration": 3}}
+    with pytest.raises(ValueError, match=r"9 rollouts cannot be split evenly over optim.num_processes=2"):
+        RLConfig(**base, optim={"num_processes": 2})
+    assert RLConfig(**base, optim={"num_processes": 3}).optim.num_processes == 3

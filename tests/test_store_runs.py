@@ -81,3 +81,17 @@ def test_rollouts_view_joins_scores(tmp_path):
         "select iteration, sample_index, reward, bonus, completion from rollouts order by iteration, sample_index",
         path=db)
     assert rows == [(0, 0, 0.0, 0.5, "c0"), (0, 1, 1.0, 0.0, "c1"), (1, 0, None, None, "c0"), (1, 1, None, None, "c1")]
+
+
+def test_recorded_keeps_the_run_row_of_a_flow_body(tmp_path):
+    db = tmp_path / "c.duckdb"
+    with runs.recorded("ok", kind="rl", config={}, path=db):
+        assert catalog.query("select status from runs where run_id = 'ok'", path=db) == [("running",)]
+    with pytest.raises(KeyboardInterrupt), runs.recorded("stopped", kind="rl", config={}, path=db):
+        raise KeyboardInterrupt  # a BaseException: Ctrl-C still marks the run failed
+    with pytest.raises(ValueError, match="bad row"), runs.recorded("bad", kind="sft", config={}, path=db):
+        raise ValueError("bad row 3")
+    with runs.recorded("inner", kind="eval", config={}, path=db, own=False):
+        pass
+    assert sorted(catalog.query("select run_id, status, message from runs", path=db)) == [
+        ("bad", "failed", "ValueError: bad row 3"), ("ok", "completed", None), ("stopped", "failed", "KeyboardInterrupt: ")]

@@ -233,6 +233,15 @@ class RLConfig(TrackingOptions):
             raise ValueError(f"algo={self.algo} contradicts scoring.consistency_bonus={self.scoring.consistency_bonus}")
         return self
 
+    @model_validator(mode="after")
+    def _processes_split_the_rollouts(self) -> RLConfig:
+        # checked here, before any work: the update would refuse it only after rollouts and scoring had run
+        rollouts = self.rollout.prompts_per_iteration * self.rollout.group_size
+        if rollouts % self.optim.num_processes:
+            raise ValueError(f"rollout.prompts_per_iteration * rollout.group_size = {rollouts} rollouts cannot be split "
+                             f"evenly over optim.num_processes={self.optim.num_processes}; make it a multiple")
+        return self
+
     def run_id(self) -> str:
         """``run_name``, or ``<algo>-<hash of the config>``: re-running the same config continues the same run."""
         if self.run_name:
