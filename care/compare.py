@@ -10,18 +10,25 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from typing import Literal
 
 from pydantic import Field
 
 from care.config import StageConfig
 from care.pipeline import PipelineConfig
+from care.train.config import AlgorithmName, RLConfig
 
 
 class CompareConfig(StageConfig):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Data, model, SFT, RL and eval options.")
-    algos: list[Literal["grpo", "grpo_care"]] = Field(["grpo", "grpo_care"], min_length=1, description="Algorithms to compare.")
+    algos: list[AlgorithmName] = Field(["grpo", "grpo_care"], min_length=1, description="Algorithms to compare "
+                                       "(care.algo.algorithms); grpo is the paper's baseline, with its KL penalty.")
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="RL seeds (data order and sampling); SFT is shared.")
+
+    def rl_config(self, algo: str, seed: int, policy: str, data_root: str) -> RLConfig:
+        """One arm: the pipeline's RL section with ``algo`` (its own defaults, e.g. grpo's KL, unless the section
+        sets them) and the RL seed ``seed``, from the shared SFT policy."""
+        arm = self.pipeline.model_copy(update={"rl": {**self.pipeline.rl, "algo": algo}})
+        return arm.rl_config(policy, data_root).model_copy(update={"seed": seed})
 
 
 def _stats(values: Sequence[float]) -> dict[str, float]:

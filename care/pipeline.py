@@ -77,8 +77,10 @@ class PipelineConfig(StageConfig):
 
     def eval_frames(self) -> FrameSampling:
         """The evaluations' frame sampling: the pipeline's, with the options of ``eval.frames`` on top (the
-        SEED-Bench-R1 protocol evaluates 16 frames, more than RL trains with)."""
-        return FrameSampling.model_validate({**self.frames.model_dump(), **self.eval.get("frames", {})})
+        SEED-Bench-R1 protocol evaluates 16 frames, more than RL trains with). The temporal positions are the
+        evaluation's own (``eval.frames.temporal``, default the real fps), not the training's."""
+        frames = self.frames.model_dump(exclude={"temporal"})
+        return FrameSampling.model_validate({**frames, **self.eval.get("frames", {})})
 
     def eval_config(self, checkpoint: str, data_root: str, label: str) -> EvalConfig:
         return EvalConfig.model_validate({**self.eval, "checkpoint": checkpoint, "data_root": data_root,

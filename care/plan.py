@@ -28,7 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from care.algo.prompt import build_messages, build_prompt_text
+from care.algo.prompt import (
+    DEFAULT_TEMPLATE,
+    PromptTemplate,
+    build_messages,
+    build_prompt_text,
+    prompt_template,
+)
 from care.errors import CareError
 from care.media.sampling import FRAME_FACTOR, FrameSampling, smart_resize
 
@@ -281,22 +287,24 @@ def _longest_row(path: Path, *, limit: int = 20000) -> tuple[str, list[str], str
 _SPECIAL = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|image_pad|>")
 
 
-def _byte_bound(question: str, options: Sequence[str], *, has_video: bool) -> int:
+def _byte_bound(question: str, options: Sequence[str], *, has_video: bool,
+                template: PromptTemplate = DEFAULT_TEMPLATE) -> int:
     """Upper bound of the prompt's tokens for any byte-level BPE (Qwen's): one token per byte of ordinary text
     plus one per special token, for the Qwen chat template rendered by hand."""
     visual = ("<|vision_start|><|video_pad|><|vision_end|>" if has_video else "") + \
         "<|vision_start|><|image_pad|><|vision_end|>"
     text = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n" + visual
-            + build_prompt_text(question, options) + "<|im_end|>\n<|im_start|>assistant\n")
+            + build_prompt_text(question, options, template) + "<|im_end|>\n<|im_start|>assistant\n")
     specials = sum(text.count(s) for s in _SPECIAL)
     for s in _SPECIAL:
         text = text.replace(s, "")
     return len(text.encode()) + specials
 
 
-def prompt_shape(model: str, data_root: str | None, annotations: str | None) -> PromptShape:
+def prompt_shape(model: str, data_root: str | None, annotations: str | None, *,
+                 template: PromptTemplate = DEFAULT_TEMPLATE) -> PromptShape:
     """Prompt text tokens for the longest question in ``data_root/annotations/<annotations>`` (or a built-in
-    SEED-Bench-R1-like one), tokenized by the model folder's own processor when there is one."""
+    SEED-Bench-R1-like one) in ``template``, tokenized by the model folder's own processor when there is one."""
     row = None
     if data_root and annotations:
         from care.media.preprocess import resolve_annotation
@@ -312,14 +320,14 @@ def prompt_shape(model: str, data_root: str | None, annotations: str | None) -> 
         from transformers import AutoProcessor
 
         processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
-        text = processor.apply_chat_template(build_messages(question, options, has_video=True),
+        text = processor.apply_chat_template(build_messages(question, options, has_video=True, template=template),
                                              add_generation_prompt=True, tokenize=False)
         n = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
         target = None
         if cot is not None:
             target = len(processor.tokenizer(cot, add_special_tokens=False)["input_ids"]) + 1
         return PromptShape(n, f"{where}, tokenized by the model's processor", True, target)
-    n = _byte_bound(question, options, has_video=True)
+    n = _byte_bound(question, options, has_video=True, template=template)
     target = len(cot.encode()) + 1 if cot is not None else None
     return PromptShape(n, f"{where}; no tokenizer: upper bound of 1 token per UTF-8 byte", False, target)
 
@@ -765,14 +773,15 @@ def check(plans: Sequence[Plan]) -> None:
 
 def plan_rl_config(cfg, hw: Hardware | None = None, *, source: tuple[int, int] | None = None) -> Plan:
     hw = hw or hardware()
-    return plan_rl(cfg, model_shape(cfg.model), prompt_shape(cfg.model, cfg.data_root, cfg.train_annotations), hw,
-                   source=source)
+    prompt = prompt_shape(cfg.model, cfg.data_root, cfg.train_annotations,
+                          template=prompt_template(cfg.rollout.prompt, "train"))
+    return plan_rl(cfg, model_shape(cfg.model), prompt, hw, source=source)
 
 
 def plan_sft_config(cfg, hw: Hardware | None = None, *, source: tuple[int, int] | None = None) -> Plan:
     hw = hw or hardware()
-    return plan_sft(cfg, model_shape(cfg.model), prompt_shape(cfg.model, cfg.data_root, cfg.annotations), hw,
-                    source=source)
+    prompt = prompt_shape(cfg.model, cfg.data_root, cfg.annotations, template=prompt_template(cfg.prompt, "train"))
+    return plan_sft(cfg, model_shape(cfg.model), prompt, hw, source=source)
 
 
 def plan_pipeline_config(cfg, hw: Hardware | None = None, *, models_dir: Path | None = None,

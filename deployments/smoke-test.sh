@@ -59,11 +59,10 @@ care models tiny "$CARE_RETRAIN_MODEL" --data-root "$CARE_DATA_ROOT"
 step "Prefect server on 127.0.0.1:$PORT"
 prefect server start --host 127.0.0.1 --port "$PORT" --no-ui >"$SCRATCH/server.log" 2>&1 &
 SERVER=$!
-for _ in $(seq 120); do
-    python3 -c "import urllib.request as u; u.urlopen('$PREFECT_API_URL/health', timeout=2)" 2>/dev/null && break
-    kill -0 "$SERVER" 2>/dev/null || { cat "$SCRATCH/server.log"; exit 1; }
-    sleep 1
-done
+# the health wait of `care` itself (care.cli.runtime.wait_healthy): gives up when the server exits or after 120 s
+python3 -c "import os, sys; from care.cli.runtime import wait_healthy
+sys.exit(0 if wait_healthy(sys.argv[1], lambda: os.path.exists(f'/proc/{sys.argv[2]}')) else 1)" \
+    "$PREFECT_API_URL" "$SERVER" || { cat "$SCRATCH/server.log"; exit 1; }
 python3 -c "import urllib.request as u; print('health:', u.urlopen('$PREFECT_API_URL/health').read().decode())"
 
 step "work pools and deployments"

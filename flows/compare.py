@@ -27,9 +27,7 @@ def compare(config: CompareConfig, home: str | None = None) -> dict:
     run_ids: dict[str, list[str]] = {}
     for algo in config.algos:
         for seed in config.seeds:
-            rl_config = config.pipeline.rl_config(policy, data_root).model_copy(update={"seed": seed})
-            rl_config = type(rl_config).model_validate({**rl_config.model_dump(), "algo": algo, "scoring": {
-                k: v for k, v in rl_config.scoring.model_dump().items() if k not in ("consistency_bonus", "advantage")}})
+            rl_config = config.rl_config(algo, seed, policy, data_root)
             trained = rl(rl_config, home=str(ws.root))
             ev = evaluate(config.pipeline.eval_config(trained["checkpoint"], data_root, f"{algo}-seed{seed}"),
                           home=str(ws.root), show_table=False)

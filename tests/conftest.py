@@ -2,12 +2,15 @@
 
 Every test runs with a temporary ``CARE_HOME`` and offline Hugging Face settings. Tests that run real Prefect
 flows use the session-wide ``prefect_harness`` fixture (one ephemeral server for the whole session, a temp
-PREFECT_HOME and result storage); most tests call ``task.fn()`` or ``care`` directly instead.
+PREFECT_HOME and result storage); most tests call ``task.fn()`` or ``care`` directly instead. ``judge_server`` is
+an OpenAI-compatible judge endpoint on 127.0.0.1 whose replies the test module defines.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from http.server import ThreadingHTTPServer
 
 import pytest
 
@@ -58,3 +61,16 @@ def tiny_model_dir(tmp_path_factory, demo_root):
 
     corpus = benchmark_corpus(demo_root) + demo_corpus()
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny", corpus=corpus, seed=0)
+
+
+@pytest.fixture(scope="module")
+def judge_server(request):
+    """Base URL of a stdlib HTTP server on 127.0.0.1, in a thread, answering with the requesting module's
+    ``JUDGE_HANDLER`` (a ``BaseHTTPRequestHandler`` subclass); one per module, shut down after it."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), request.module.JUDGE_HANDLER)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=10)

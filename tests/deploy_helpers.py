@@ -5,6 +5,7 @@ PostgreSQL): the processes they start, the Prefect server's environment, and wai
 - ``prefect_stack(folder, services=..., **env)``: a Prefect server on a free 127.0.0.1 port with a temp
   PREFECT_HOME and CARE_HOME under ``folder``, yielded as a ``Stack``; stopped at the end, also on failure.
 - ``create_pools_and_deploy(stack)``: the ``cpu`` and ``gpu`` work pools and ``prefect deploy --all``.
+- ``wait_healthy``: a started server's health wait (the one ``care`` itself uses, ``care.cli.runtime``).
 - ``wait_runs``, ``flow_run_id``, ``flow_run_logs``: flow runs through the API; ``retrain_params``: a tiny round.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+
+from care.cli import runtime
+from care.cli.runtime import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -61,22 +64,10 @@ class Stack:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in self.logs.glob("*.log"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_healthy(api: str, proc: subprocess.Popen, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"Prefect server not healthy within {seconds} s (exit code {proc.poll()})")
+    """Wait until the Prefect server ``proc`` serving ``api`` is healthy (``care.cli.runtime.wait_healthy``)."""
+    if not runtime.wait_healthy(api, lambda: proc.poll() is None, timeout_s=seconds):
+        raise AssertionError(f"Prefect server not healthy within {seconds} s (exit code {proc.poll()})")
 
 
 def wait_runs(api: str, ids: list[str], seconds: float) -> list[dict]:

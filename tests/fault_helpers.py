@@ -1,7 +1,8 @@
-"""Helpers for tests that drive the ``care`` command in real processes (crash, concurrency, security suites).
+"""Helpers for tests that drive the ``care`` command in real processes (crash suite, RL flow, replay, export).
 
 - ``care(home, *args)``: run ``python -m care`` with a clean Prefect environment (the workspace's own
-  PREFECT_HOME, no inherited PREFECT_* settings) and return the finished process.
+  PREFECT_HOME, no inherited PREFECT_* settings) and return the finished process (in this process instead:
+  ``tests.cli_helpers.care_in_process``).
 - ``sql(home, query)``: ``care sql --format json``, decoded.
 - ``PrefectServer``: one ``prefect server start`` on 127.0.0.1 shared by many ``care`` processes of a test
   module (``PREFECT_API_URL``), so each process skips the private server's start-up; the private server itself

@@ -17,17 +17,18 @@ P = torch.tensor([0.90, 0.95, 0.60, 0.80, 0.70, 0.3, 0.95, float("nan")])
 
 
 def bonus_loop(acc, p, groups, lam=0.5, margin=0.0):
-    """Straight transcription of the specification, one group at a time (the oracle)."""
+    """Straight transcription of the specification, one group at a time (the oracle); a value within 1e-9
+    (relative) of a mean counts as equal to it."""
     out = [0.0] * len(acc)
     for g in set(groups):
         idx = [i for i in range(len(acc)) if groups[i] == g]
         mean_acc = sum(acc[i] for i in idx) / len(idx)
-        elig = [i for i in idx if acc[i] > 0.1 and acc[i] >= mean_acc and not math.isnan(p[i])]
+        elig = [i for i in idx if acc[i] > 0.1 and acc[i] >= mean_acc - 1e-9 * abs(mean_acc) and not math.isnan(p[i])]
         if not elig:
             continue
         pbar = sum(p[i] for i in elig) / len(elig)
         for i in elig:
-            if p[i] >= pbar - margin:
+            if p[i] >= pbar - margin - 1e-9 * abs(pbar):
                 out[i] = lam * acc[i]
     return out
 
@@ -71,12 +72,74 @@ def test_per_group_differs_from_per_batch_on_two_prompts():
     p = torch.tensor([0.9, 0.9, 0.8, 0.8, 0.5, 0.2, 0.2, 0.2])
     groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     ours = consistency_bonus(acc, p, groups)
-    ref = consistency_bonus(acc, p, groups, reproduce_reference=True)
+    ref = consistency_bonus(acc, p, groups, reproduce_reference=True, prompts_per_device=2)
     # Per group: prompt 1's only correct sample is its own eligible mean, so it gets the bonus.
     assert ours.tolist() == [0.5, 0.5, 0, 0, 0.5, 0, 0, 0]
-    # Per batch: pbar = 0.78 over all five correct samples; the hard prompt's sample (0.5) loses it.
+    # Both prompts on one device: pbar = 0.78 over all five correct samples; the hard prompt's sample loses it.
     assert ref.tolist() == [0.5, 0.5, 0.5, 0.5, 0, 0, 0, 0]
     assert ref.tolist() == bonus_loop(acc.tolist(), p.tolist(), [0] * 8)
+    # The released runs had one prompt per device, the default: per prompt, like ours here.
+    assert consistency_bonus(acc, p, groups, reproduce_reference=True).tolist() == ours.tolist()
+
+
+def test_reference_pools_consecutive_prompts():
+    # Four prompts of two rollouts; two prompts per device pool prompts {0, 1} and {2, 3} (ids in rollout
+    # order, rows in any order).
+    acc = torch.tensor([1.0, 0, 1, 1, 1, 0, 1, 1])
+    p = torch.tensor([0.9, 0.1, 0.5, 0.6, 0.35, 0.1, 0.45, 0.2])
+    groups = torch.tensor([10, 10, 11, 11, 12, 12, 13, 13])
+    perm = torch.tensor([5, 2, 7, 0, 4, 1, 6, 3])
+    got = consistency_bonus(acc[perm], p[perm], groups[perm], reproduce_reference=True, prompts_per_device=2)
+    pools = [0, 0, 0, 0, 1, 1, 1, 1]
+    want = bonus_loop(acc.tolist(), p.tolist(), pools)
+    assert want == [0.5, 0, 0, 0, 0.5, 0, 0.5, 0]
+    assert got.tolist() == [want[i] for i in perm.tolist()]
+    # Per prompt, rollout 3 (0.6 against its prompt's 0.55) would have had one.
+    assert consistency_bonus(acc, p, groups, reproduce_reference=True).tolist() == [0.5, 0, 0, 0.5, 0.5, 0, 0.5, 0]
+    assert consistency_bonus(acc, p, groups, reproduce_reference=True, prompts_per_device=4).tolist() == \
+        bonus_loop(acc.tolist(), p.tolist(), [0] * 8)
+    with pytest.raises(ValueError, match="at least 1"):
+        consistency_bonus(acc, p, groups, reproduce_reference=True, prompts_per_device=0)
+
+
+@pytest.mark.parametrize("reproduce_reference", [False, True])
+@pytest.mark.parametrize("k", range(1, 17))
+def test_every_eligible_rollout_at_the_clamp_gets_the_bonus(k, reproduce_reference):
+    # float64: sum([0.95] * k) / k is 0.9500000000000001 for k = 6..9; ties still pass.
+    acc = torch.tensor([1.0] * k + [0.0] * 2, dtype=torch.float64)
+    p = torch.tensor([0.95] * k + [0.2, 0.95], dtype=torch.float64)
+    bonus = consistency_bonus(acc, p, torch.zeros(k + 2, dtype=torch.long), reproduce_reference=reproduce_reference)
+    assert bonus.tolist() == [0.5] * k + [0.0, 0.0]
+    # The same with the margin of the transfer runs, and for a tied fractional accuracy (all eligible).
+    margin = consistency_bonus(acc, p, torch.zeros(k + 2, dtype=torch.long), margin=0.01,
+                               reproduce_reference=reproduce_reference)
+    assert margin.tolist() == [0.5] * k + [0.0, 0.0]
+    frac = torch.full((k,), 0.7, dtype=torch.float64)
+    got = consistency_bonus(frac, p[:k], torch.zeros(k, dtype=torch.long), reproduce_reference=reproduce_reference)
+    assert got.tolist() == pytest.approx([0.35] * k)
+
+
+def test_tie_tolerance_is_only_a_tolerance():
+    # p a hair (1e-6 relative) below the mean does not pass; 1e-12 below counts as a tie.
+    acc = torch.ones(2, dtype=torch.float64)
+    assert consistency_bonus(acc, torch.tensor([0.5, 0.5 + 2e-6], dtype=torch.float64),
+                             torch.zeros(2, dtype=torch.long)).tolist() == [0.0, 0.5]
+    assert consistency_bonus(acc, torch.tensor([0.5, 0.5 + 2e-12], dtype=torch.float64),
+                             torch.zeros(2, dtype=torch.long)).tolist() == [0.5, 0.5]
+
+
+def test_reference_mode_compares_in_float32():
+    # x and the next float32 up: their mean is halfway and rounds (to even) to x in float32, so in the
+    # reference's precision both are at least the mean; in float64 x is 3e-8 below it.
+    x = torch.tensor(0.5, dtype=torch.float32)
+    up = torch.nextafter(x, torch.tensor(1.0))
+    p = torch.stack([x, up]).to(torch.float64)
+    acc, groups = torch.ones(2, dtype=torch.float64), torch.zeros(2, dtype=torch.long)
+    assert consistency_bonus(acc, p, groups).tolist() == [0.0, 0.5]
+    assert consistency_bonus(acc, p, groups, reproduce_reference=True).tolist() == [0.5, 0.5]
+    # acc > 0.1 in float32: an accuracy of float32(0.1) is not above float32(0.1), so never eligible there.
+    acc = torch.tensor([0.1, 0.1], dtype=torch.float32).to(torch.float64)
+    assert consistency_bonus(acc, p, groups, reproduce_reference=True).tolist() == [0.0, 0.0]
 
 
 group_batches = st.integers(1, 4).flatmap(

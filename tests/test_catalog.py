@@ -33,7 +33,23 @@ def test_concurrent_writer_processes_lose_no_row(tmp_path):
     assert rows == [(f"w{w}.jsonl", writes, writes) for w in range(procs)]
 
 
-def test_lock_held_too_long_is_a_one_line_error(tmp_path):
+class _SteppedClock:
+    """Stands in for ``time`` in ``care.store.catalog``: each ``monotonic()`` call advances one second and
+    ``sleep`` only counts, so the lock wait's deadline is reached after a known number of tries, whatever the
+    machine's speed."""
+
+    def __init__(self):
+        self.now, self.sleeps = 1000.0, 0
+
+    def monotonic(self) -> float:
+        self.now += 1.0
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+
+
+def test_lock_held_too_long_is_a_one_line_error(tmp_path, monkeypatch):
     db = tmp_path / "care.duckdb"
     ctx = mp.get_context("spawn")
     ready, release = ctx.Event(), ctx.Event()
@@ -41,8 +57,13 @@ def test_lock_held_too_long_is_a_one_line_error(tmp_path):
     holder.start()
     try:
         assert ready.wait(60)
-        with pytest.raises(catalog.CatalogError, match="locked by another process"):
-            catalog.open_connection(db, wait_s=0.5)
+        clock = _SteppedClock()
+        with monkeypatch.context() as patch:
+            patch.setattr(catalog, "time", clock)
+            # deadline = start + 3 clock seconds: the tries at +1 and +2 fail and wait, the one at +3 gives up
+            with pytest.raises(catalog.CatalogError, match="locked by another process for over 3 s") as failed:
+                catalog.open_connection(db, wait_s=3)
+        assert clock.sleeps == 2 and "\n" not in str(failed.value)
     finally:
         release.set()
         holder.join(timeout=60)

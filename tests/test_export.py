@@ -19,8 +19,8 @@ from care.train.export import EXPORT_FILE, export_checkpoint, resolve_checkpoint
 from care.train.optimise_stage import run_optimisation_stage
 from care.train.rollout import run_rollout_stage
 from care.train.scoring import run_scoring_stage
+from tests.fault_helpers import care as _care
 from tests.rl_helpers import cache_demo
-from tests.test_rl_flow import _care
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
-"""The llm judge against a real OpenAI-compatible HTTP server on 127.0.0.1 (stdlib http.server in a thread).
+"""The llm judge against a real OpenAI-compatible HTTP server on 127.0.0.1 (the ``judge_server`` fixture).
 
-The server's routes behave like a good judge, a garbage-talking one, a non-JSON one, a slow one, a broken one
-(HTTP 500) and one that hangs up mid-reply. The good route really reads the prompt: it answers YES iff the
-reasoning ends with the letter of the final answer, so a wrong prompt would give wrong verdicts.
+The server's routes behave like a good judge, a garbage-talking one, a non-JSON one, one that does not answer
+until the test has seen the client time out, a broken one (HTTP 500) and one that hangs up mid-reply. The good
+route really reads the prompt: it answers YES iff the reasoning ends with the letter of the final answer, so a
+wrong prompt would give wrong verdicts.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ import contextlib
 import json
 import re
 import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import ClassVar
 
 import pytest
@@ -31,7 +31,8 @@ from care.eval.llm_judge import (
 
 OPTIONS = ("pick up the red marker", "pick up the green marker", "pick up the purple marker", "pick up the blue marker")
 SECRET = "sk-test-0123456789"
-SLOW_S = 1.5
+# set by the test once its requests have timed out: until then the slow route answers nothing
+SLOW_RELEASE = threading.Event()
 
 
 class JudgeHandler(BaseHTTPRequestHandler):
@@ -77,20 +78,13 @@ class JudgeHandler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
         elif route == "slow":
-            time.sleep(SLOW_S)
+            SLOW_RELEASE.wait(120)
             self._reply(200, self._completion("YES"))
         else:
             self._reply(500, b'{"error": "CUDA out of memory"}')
 
 
-@pytest.fixture(scope="module")
-def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), JudgeHandler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+JUDGE_HANDLER = JudgeHandler  # served by the judge_server fixture (conftest.py)
 
 
 def judge_at(base: str, route: str, **options) -> LLMJudge:
@@ -101,10 +95,10 @@ def item(reasoning: str, answer: str) -> JudgeItem:
     return JudgeItem(f"<think>{reasoning}</think><answer>{answer}</answer>", OPTIONS, question="What next?")
 
 
-def test_good_endpoint_gives_verdicts_and_sends_the_documented_request(server, monkeypatch):
+def test_good_endpoint_gives_verdicts_and_sends_the_documented_request(judge_server, monkeypatch):
     monkeypatch.setenv("JUDGE_KEY", SECRET)
     JudgeHandler.received.clear()
-    judge = judge_at(server, "good", api_key_env="JUDGE_KEY", max_concurrency=3)
+    judge = judge_at(judge_server, "good", api_key_env="JUDGE_KEY", max_concurrency=3)
     items = [
         item("The agent walks to the purple marker, so C.", "C"),
         item("The agent walks to the purple marker, so C.", "B"),
@@ -133,9 +127,9 @@ def test_good_endpoint_gives_verdicts_and_sends_the_documented_request(server, m
     assert isinstance(judge, ConsistencyJudge)
 
 
-def test_no_key_variable_means_no_authorization_header(server):
+def test_no_key_variable_means_no_authorization_header(judge_server):
     JudgeHandler.received.clear()
-    verdict = judge_at(server, "good").judge([item("so D", "D")])[0]
+    verdict = judge_at(judge_server, "good").judge([item("so D", "D")])[0]
     assert verdict.consistent is True
     assert JudgeHandler.received[0]["auth"] is None
 
@@ -149,22 +143,26 @@ def test_no_key_variable_means_no_authorization_header(server):
         ("cutoff", "connection_failed", "IncompleteRead"),
     ],
 )
-def test_bad_endpoints_leave_items_unjudged_with_the_reason(server, route, code, in_reason):
-    verdicts = judge_at(server, route, max_concurrency=1).judge([item("so C", "C"), item("so B", "B")])
+def test_bad_endpoints_leave_items_unjudged_with_the_reason(judge_server, route, code, in_reason):
+    verdicts = judge_at(judge_server, route, max_concurrency=1).judge([item("so C", "C"), item("so B", "B")])
     assert [(v.consistent, v.code) for v in verdicts] == [(None, code)] * 2
     assert in_reason in verdicts[0].reason
 
 
-def test_slow_endpoint_times_out_and_the_breaker_skips_the_rest(server):
-    judge = judge_at(server, "slow", timeout_s=0.2, max_concurrency=1, max_consecutive_failures=2)
-    verdicts = judge.judge([item("so C", "C")] * 4)
+def test_slow_endpoint_times_out_and_the_breaker_skips_the_rest(judge_server):
+    judge = judge_at(judge_server, "slow", timeout_s=0.2, max_concurrency=1, max_consecutive_failures=2)
+    SLOW_RELEASE.clear()
+    try:  # the route answers only after the judge call has returned: a timeout whatever the scheduling
+        verdicts = judge.judge([item("so C", "C")] * 4)
+    finally:
+        SLOW_RELEASE.set()
     assert [v.code for v in verdicts] == ["timeout", "timeout", "skipped", "skipped"]
     assert all(v.consistent is None for v in verdicts)
     assert "0.2 s" in verdicts[0].reason
 
 
-def test_breaker_resets_per_call_and_on_success(server):
-    judge = judge_at(server, "error", max_concurrency=1, max_consecutive_failures=2)
+def test_breaker_resets_per_call_and_on_success(judge_server):
+    judge = judge_at(judge_server, "error", max_concurrency=1, max_consecutive_failures=2)
     assert [v.code for v in judge.judge([item("so C", "C")] * 3)] == ["http_error", "http_error", "skipped"]
     assert [v.code for v in judge.judge([item("so C", "C")])] == ["http_error"]  # a new call starts afresh
 

@@ -5,9 +5,6 @@ weights as an uninterrupted run and no duplicate catalog rows."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,18 +12,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from tests.fault_helpers import care as _care
+from tests.fault_helpers import sql as _sql
 from tests.rl_helpers import cache_demo
 from tests.tracking_helpers import catalog_scalars, tensorboard_scalars
 
 P, G, ITERATIONS = 2, 4, 3
-
-
-def _care(home: Path, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    full_env.update({"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "CARE_HOME": str(home),
-                     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", **(env or {})})
-    return subprocess.run([sys.executable, "-m", "care", *args], env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def _config(tmp: Path, demo_root: Path, model: Path) -> Path:
@@ -48,12 +39,6 @@ def uninterrupted(tmp_path_factory, demo_root, tiny_model_dir):
     proc = _care(home, "rl", "--config", str(config))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"home": home, "config": config, "stdout": proc.stdout + proc.stderr}
-
-
-def _sql(home: Path, query: str) -> list[dict]:
-    proc = _care(home, "sql", query, "--format", "json")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout)
 
 
 def _final_weights(home: Path) -> dict[str, torch.Tensor]:

@@ -227,3 +227,16 @@ def test_care_export_reads_a_sharded_checkpoint(fsdp_runs, tmp_path):
     assert exported.keys() == policy.keys()
     for k, v in exported.items():
         assert torch.equal(v, policy[k]), k
+
+
+def test_the_kl_penalty_of_the_grpo_baseline_pulls_towards_the_frozen_reference(batch):
+    """algo grpo's update (kl_beta 0.1, k3, frozen reference): the reference forward runs in the stage; on the
+    first step the policy is the reference (KL 0, the same loss as without KL), on the second it has moved."""
+    common = {"ref_mode": "frozen", "steps_per_generation": 2, "learning_rate": 1e-3}
+    with_kl, _ = _optimise(batch, "kl", kl_beta=0.1, kl_estimator="k3", **common)
+    without, _ = _optimise(batch, "no-kl", kl_beta=0.0, **common)
+    first, second = with_kl["steps"]
+    assert first["kl"] == pytest.approx(0.0, abs=1e-7) and second["kl"] > 1e-6
+    assert first["loss"] == pytest.approx(without["steps"][0]["loss"], rel=1e-6, abs=1e-8)
+    assert second["loss"] == pytest.approx(without["steps"][1]["loss"] + 0.1 * second["kl"], rel=1e-4, abs=1e-7)
+    assert "kl" not in without["steps"][1]

@@ -10,8 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pyarrow as pa
@@ -188,23 +187,16 @@ class EchoHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
-@pytest.fixture(scope="module")
-def echo_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), EchoHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
+JUDGE_HANDLER = EchoHandler  # served by the judge_server fixture (conftest.py)
 
 ITEM = JudgeItem(completion="<think>It is a, so A.</think><answer>A</answer>", options=("a", "b", "c", "d"),
                  question="What next?")
 
 
 @pytest.mark.parametrize("route", ["unauthorized", "notjson", "garbage"])
-def test_judge_key_never_lands_in_a_verdict_even_when_the_endpoint_echoes_it(echo_server, monkeypatch, route):
+def test_judge_key_never_lands_in_a_verdict_even_when_the_endpoint_echoes_it(judge_server, monkeypatch, route):
     monkeypatch.setenv("CARE_TEST_JUDGE_KEY", SECRET)
-    config = LLMJudgeConfig(base_url=f"{echo_server}/{route}/v1", model="m", api_key_env="CARE_TEST_JUDGE_KEY",
+    config = LLMJudgeConfig(base_url=f"{judge_server}/{route}/v1", model="m", api_key_env="CARE_TEST_JUDGE_KEY",
                             timeout_s=5)
     judge = LLMJudge(config)
     [verdict] = judge.judge([ITEM])

@@ -147,12 +147,16 @@ def test_flow_teaches_the_format_and_fills_the_catalog(prefect_harness, data, ti
                   lr_scheduler="constant", checkpoint_every=50, log_every=50, check_prompts=16, keep_checkpoints=1,
                   betas=(0.9, 0.98), report_to=["tensorboard"])
     store, processor, ids = _store(data, tiny_model_dir)
-    base = sampled_check(load_model(tiny_model_dir), processor, store, [store.samples[i] for i in ids[:16]],
-                         max_new_tokens=64)
+    base_model = load_model(tiny_model_dir)
+    base = sampled_check(base_model, processor, store, [store.samples[i] for i in ids[:16]], max_new_tokens=64)
     out = sft(cfg, home=str(home))
     assert out["run_id"] == cfg.run_id() and out["policy"] == f"{out['checkpoint']}/policy"
     assert Path(out["checkpoint"]).name == f"step-{FLOW_STEPS:05d}" and is_complete(out["checkpoint"])
-    assert load_model(out["policy"]) is not None
+    # the policy folder loads as the same architecture with trained (changed, finite) weights
+    trained, initial = load_model(out["policy"]).state_dict(), base_model.state_dict()
+    assert trained.keys() == initial.keys()
+    assert all(trained[k].shape == initial[k].shape and torch.isfinite(trained[k]).all() for k in trained)
+    assert any(not torch.equal(trained[k].float(), initial[k].float()) for k in trained)
     db = home / "care.duckdb"
     fmt = catalog.query("SELECT step, value FROM metrics WHERE run_id = ? AND name = 'check_format' ORDER BY step",
                         [out["run_id"]], path=db)

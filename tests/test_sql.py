@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from care.cli import main
 from care.media import FrameCache, FrameSampling
 from care.media.synth import write_video
 from care.store import media
 from care.store.sql import SqlError, run_query
 from care.workspace import Workspace
+from tests.cli_helpers import care_in_process as _care
 
 
 @pytest.fixture
@@ -25,21 +25,13 @@ def workspace(care_home, tmp_path):
     return ws
 
 
-def _run(capsys, *argv):
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(argv))
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
-
-
 def test_answers_the_status_query_in_each_format(workspace, capsys):
-    code, out, _ = _run(capsys, "sql", "select status, count(*) as n from videos group by 1 order by 1")
+    code, out, _ = _care(capsys, "sql", "select status, count(*) as n from videos group by 1 order by 1")
     assert code == 0 and out.split("\n")[0].split() == ["status", "n"]
     assert out.split("\n")[2].split() == ["ok", "1"] and out.split("\n")[3].split() == ["quarantined", "1"]
-    _, out, _ = _run(capsys, "sql", "select status, reason from videos order by 1", "--format", "csv")
+    _, out, _ = _care(capsys, "sql", "select status, reason from videos order by 1", "--format", "csv")
     assert out.strip().split("\n") == ["status,reason", "ok,", "quarantined,missing file"]
-    _, out, _ = _run(capsys, "sql", "select count(*) as n, count(distinct cache_key) as k from frames",
+    _, out, _ = _care(capsys, "sql", "select count(*) as n, count(distinct cache_key) as k from frames",
                      "--format", "json")
     assert json.loads(out) == [{"n": 6, "k": 1}]  # the frames view reads the cache under external access off
 
@@ -58,7 +50,7 @@ def test_answers_the_status_query_in_each_format(workspace, capsys):
     ("select * from no_such_table", "SQL error: Catalog Error"),
 ])
 def test_refusals_are_one_line_errors(workspace, capsys, query, message):
-    code, _, err = _run(capsys, "sql", query)
+    code, _, err = _care(capsys, "sql", query)
     assert code == 2 and message in err and err.count("\n") == 1
     assert run_query("select count(*) from videos", catalog=workspace.catalog_path)  # nothing changed
 
@@ -71,5 +63,5 @@ def test_traversal_out_of_the_cache_is_refused(workspace):
 
 
 def test_no_catalog_yet(care_home, capsys):
-    code, _, err = _run(capsys, "sql", "select 1")
+    code, _, err = _care(capsys, "sql", "select 1")
     assert code == 2 and "no catalog yet" in err

@@ -40,7 +40,7 @@ from care.train.config import RolloutConfig
 from care.train.policy_io import load_policy, policy_path
 from care.train.rollout import behaviour_logprobs, run_rollout_stage, shard_from_completions
 from care.train.samples import prompt_items
-from tests.vllm_helpers import cached_samples
+from tests.rl_helpers import cached_samples
 
 WORKER_FILE = Path(vllm_worker.__file__)
 ALLOWED_THIRD_PARTY = {"numpy", "pyarrow", "vllm"}

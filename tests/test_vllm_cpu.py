@@ -60,7 +60,7 @@ from care.train.config import RolloutConfig
 from care.train.policy_io import policy_path
 from care.train.rollout import run_rollout_stage
 from care.train.samples import prompt_items
-from tests.vllm_helpers import cached_samples
+from tests.rl_helpers import cached_samples
 
 REPO = Path(__file__).resolve().parent.parent
 VLLM_PYTHON = os.environ.get("CARE_VLLM_PYTHON", str(REPO / ".venv-vllm" / "bin" / "python"))

@@ -22,6 +22,21 @@ def group_index(group_ids: Tensor) -> tuple[Tensor, int]:
     return index, int(uniq.numel())
 
 
+def consecutive_pools(group_ids: Tensor, groups_per_pool: int) -> Tensor:
+    """Pool index [n] putting groups ``0..m-1``, ``m..2m-1``, ... (ranked by id) in pools of ``m = groups_per_pool``.
+
+    Group ids number the prompts in rollout order, so a pool is ``m`` consecutive prompts, like the prompts one
+    device of the reference code scores together.
+
+    >>> consecutive_pools(torch.tensor([4, 4, 9, 9, 7, 7]), 2)
+    tensor([0, 0, 1, 1, 0, 0])
+    """
+    if groups_per_pool < 1:
+        raise ValueError(f"groups_per_pool must be at least 1, got {groups_per_pool}")
+    index, _ = group_index(group_ids)
+    return torch.div(index, groups_per_pool, rounding_mode="floor")
+
+
 def group_sum(values: Tensor, index: Tensor, k: int) -> Tensor:
     """Sum of ``values`` [n] per group -> [k] (float64 accumulation is the caller's choice of dtype)."""
     return torch.zeros(k, dtype=values.dtype, device=values.device).index_add_(0, index, values)

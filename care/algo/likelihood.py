@@ -11,7 +11,8 @@ for target ``j``), in chunks. Memory for logits is ``chunk_size * v`` instead of
 matters at Qwen's v = 151,936.
 
 ``p = min(exp(mean answer log-prob), upper_bound)``; a row without answer tokens has ``p = NaN`` and
-``has_answer = False`` (the reference code would have given it 1.0).
+``has_answer = False``. ``reproduce_reference=True`` averages as the reference code does,
+``sum / (n_tokens + 1e-6)``, so a row without answer tokens has mean log-prob 0 and ``p = min(1, upper_bound)``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from care.algo.ema import unwrap_model
+
+REFERENCE_COUNT_EPS = 1e-6
+"""Added to the answer-token count by the reference code's mean (it makes an empty span's mean 0, not NaN)."""
 
 LSE_BLOCK_ELEMENTS = 1 << 18
 """Logits per logsumexp call in ``selective_log_softmax`` (1 MiB of float32 temporaries)."""
@@ -143,8 +147,8 @@ def token_log_probs(
 
 @dataclass(frozen=True)
 class AnswerLikelihood:
-    """Per row [b]: ``p`` = min(exp(mean_logp), upper_bound) (NaN without answer tokens), ``mean_logp``
-    (NaN likewise), ``has_answer`` bool, ``n_tokens`` answer tokens scored."""
+    """Per row [b]: ``p`` = min(exp(mean_logp), upper_bound) (NaN without answer tokens, except in reference
+    mode), ``mean_logp`` (likewise), ``has_answer`` bool, ``n_tokens`` answer tokens scored."""
 
     p: Tensor
     mean_logp: Tensor
@@ -161,15 +165,23 @@ def answer_likelihood(
     upper_bound: float = 0.95,
     chunk_size: int = 1024,
     shared_prompts: Any | None = None,
+    reproduce_reference: bool = False,
 ) -> AnswerLikelihood:
     """Reference likelihood of each rollout's answer tokens (``target_mask`` [b, t], from
     :mod:`care.algo.answer_span`) under ``model``, in no-grad mode.
+
+    ``reproduce_reference``: the mean is ``sum / (n_tokens + 1e-6)`` and every row gets a ``p``, an empty
+    span ``min(exp(0), upper_bound)``, as in the reference code (in float32 here; the reference's are a bf16 model's log-probs).
     """
     if not 0.0 < upper_bound <= 1.0:
         raise ValueError(f"upper_bound must be in (0, 1], got {upper_bound}")
     logp = token_log_probs(model, inputs, target_mask, chunk_size=chunk_size, shared_prompts=shared_prompts).logp
     n_tokens = target_mask.sum(dim=-1)
     has_answer = n_tokens > 0
+    if reproduce_reference:
+        mean_logp = logp.sum(dim=-1) / (n_tokens + REFERENCE_COUNT_EPS)
+        p = mean_logp.exp().clamp(max=upper_bound)
+        return AnswerLikelihood(p=p, mean_logp=mean_logp, has_answer=has_answer, n_tokens=n_tokens)
     mean_logp = logp.sum(dim=-1) / n_tokens.clamp(min=1)
     nan = torch.full_like(mean_logp, float("nan"))
     mean_logp = torch.where(has_answer, mean_logp, nan)

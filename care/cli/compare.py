@@ -17,7 +17,7 @@ from care.pipeline import PipelineConfig
 
 def compare_command(
     ctx: typer.Context,
-    algos: str = typer.Option("grpo,grpo_care", help="Comma-separated algorithms: grpo, grpo_care."),
+    algos: str = typer.Option("grpo,grpo_care", help="Comma-separated algorithms (care.algo.algorithms): grpo_care, grpo (the paper's baseline, KL 0.1), grpo_nokl, dr_grpo, rloo."),
     seeds: int = typer.Option(3, min=1, help="Number of RL seeds (0..N-1)."),
     config: Path = typer.Option(None, "--config", "-c", help="Pipeline config YAML (default: the demo)."),
     overrides: list[str] = typer.Option(None, "--set", help="Override a pipeline option: KEY=VALUE, dotted."),

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from care.errors import CareError
@@ -59,7 +60,8 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -69,7 +71,7 @@ def start_private_server(prefect_home: Path) -> str:
     """Start ``prefect server start`` on a free 127.0.0.1 port for this process; return its API URL."""
     global _server
     prefect_home.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     log = (prefect_home / "server.log").open("ab")
     cmd = [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port",
            str(port), "--no-services", "--no-ui", "--analytics-off"]
@@ -82,19 +84,25 @@ def start_private_server(prefect_home: Path) -> str:
     return url
 
 
-def _wait_healthy(url: str, log_path: Path) -> None:
+def wait_healthy(url: str, alive: Callable[[], bool] = lambda: True, timeout_s: float = STARTUP_TIMEOUT_S) -> bool:
+    """Poll the Prefect API's ``<url>/health`` until it answers 200 (True); False as soon as ``alive()`` (the
+    server process still running) is false, or when ``timeout_s`` has passed."""
     import httpx
 
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if _server is not None and _server.poll() is not None:
-            break
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and alive():
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
+                return True
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
+    return False
+
+
+def _wait_healthy(url: str, log_path: Path) -> None:
+    if wait_healthy(url, lambda: _server is None or _server.poll() is None):
+        return
     tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-10:]) if log_path.exists() else ""
     stop_private_server()
     raise CareError(f"the local Prefect server did not start (log: {log_path}); set PREFECT_API_URL to use "

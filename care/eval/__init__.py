@@ -1,10 +1,17 @@
-"""Evaluation: SEED-Bench-R1 scoring, consistency judges and the results figure (no model work, no Prefect).
+"""Evaluation: the per-level evaluation stage, SEED-Bench-R1 scoring, consistency judges and the results figure
+(no Prefect).
 
+- :mod:`care.eval.evaluate`: the stage of one level (:func:`run_eval_level`). It does model work: it loads the
+  evaluated model and its processor (and the likelihood model, when that is not the policy itself), generates
+  one near-greedy completion per prompt and computes each completion's answer likelihood, then scores and judges
+  the texts. :func:`score_level` is its model-free half (texts in, rows and summaries out).
+- :mod:`care.eval.eval_config`: the stage's settings and the content id of the evaluated checkpoint.
 - :mod:`care.eval.scoring`: prediction rule, exact match, accuracy per level (:class:`LevelAccuracy`).
 - :mod:`care.eval.intervals`: Wilson score intervals.
 - :mod:`care.eval.judges`, :mod:`care.eval.llm_judge`, :mod:`care.eval.judge_config`: consistency judges
   ``rule``, ``reference_likelihood`` and ``llm`` behind one interface; :mod:`care.eval.reasoning` reads a
-  completion for them.
+  completion for them. The judges load no model: ``reference_likelihood`` is handed likelihoods computed by the
+  stage, ``llm`` asks an OpenAI-compatible HTTP endpoint.
 - :mod:`care.eval.consistency`: consistency-rate summaries that name their judge.
 - :mod:`care.eval.plots`: the results PNG.
 

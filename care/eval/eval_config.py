@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -36,6 +37,9 @@ class EvalDecoding(StageConfig):
     top_k: int = Field(0, ge=0, description="Top-k; 0 disables it.")
     max_new_tokens: int = Field(1024, ge=1, description="Longest completion; a longer one is cut and marked truncated.")
     seed: int = Field(0, description="Sampling seed; batch k of a level samples with seed + k.")
+    eos: Literal["care", "reference"] = Field(
+        "care", description="What ends a completion: 'care' = <|im_end|> only; 'reference' = <|im_end|> or "
+        "<|endoftext|> (the Qwen2.5-VL generation config's EOS list, which the reference's vLLM evaluation uses).")
 
 
 def _default_judges() -> list[JudgeConfig]:
@@ -60,6 +64,15 @@ class EvalConfig(StageConfig):
         default_factory=lambda: FrameSampling(nframes=PROTOCOL_FRAMES),
         description="Frame sampling (protocol: 16 frames; the demo config uses fewer). The level files are "
         "preprocessed with it by the flow.")
+    frame_count: Literal["fixed", "fps"] = Field(
+        "fixed", description="How many frames a clip gets: 'fixed' = frames as given, i.e. frames.nframes whatever "
+        "the clip's length (16 by default); 'fps' = frames.nframes cleared, so frames.fps per second of video "
+        "between frames.min_frames and frames.max_frames: by default 2 fps capped at 16 frames, the reference "
+        "evaluation (qwen_vl_utils, --fps_max_frames 16), where a clip shorter than 8 s gets fewer than 16.")
+    prompt: Literal["care", "reference"] = Field(
+        "care", description="Prompt template (care.algo.prompt): 'care', or 'reference' = the reference code's "
+        "evaluation prompt, reproduced exactly (its wording differs from its training prompt). Recorded with "
+        "every prediction and result row (prompt_template).")
     decoding: EvalDecoding = Field(default_factory=EvalDecoding, description="Decoding parameters (protocol defaults).")
     batch_size: int = Field(8, ge=1, description="Prompts per generate() call (a memory knob; padding can change "
                             "near-greedy outputs slightly, so it is part of the cache key).")
@@ -74,6 +87,23 @@ class EvalConfig(StageConfig):
         "evaluated model, default), 'reference' (the checkpoint's reference/ folder, e.g. the EMA), or a model "
         "folder / hub id.")
     confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the Wilson intervals.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _frames_for_count(cls, data):
+        # frame_count decides which FrameSampling fields count; settle it in ``frames`` itself, which the flow
+        # preprocesses the level files with and the cache keys read
+        if not isinstance(data, dict):
+            return data
+        frames = data.get("frames")
+        if isinstance(frames, FrameSampling):
+            frames = frames.model_dump()
+        if data.get("frame_count", "fixed") == "fps":
+            if frames is None:
+                frames = FrameSampling().model_dump()  # 2 fps, 4 to 16 frames
+            if isinstance(frames, dict):
+                return {**data, "frames": {**frames, "nframes": None}}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:

@@ -27,7 +27,7 @@ import torch
 
 from care.algo.answer_span import answer_token_masks
 from care.algo.likelihood import answer_likelihood
-from care.algo.prompt import PROMPT_VERSION
+from care.algo.prompt import prompt_template
 from care.data.schema import Sample
 from care.errors import CareError
 from care.eval.consistency import summarize_consistency
@@ -47,7 +47,7 @@ from care.failpoints import failpoint
 from care.media.frame_cache import FrameCache
 from care.models.generation import Decoding, sample_completions
 from care.models.inputs import encode_prompt_completions, encode_prompts, model_inputs
-from care.models.loading import load_model, load_processor, suppressed_token_ids
+from care.models.loading import load_model, load_processor, stop_token_ids, suppressed_token_ids
 from care.store.rollout_log import write_rows_atomic
 from care.train.policy_io import default_device, resolve_dtype
 from care.train.samples import DataSpec, prompt_items
@@ -72,7 +72,7 @@ BASE_COLUMNS = [
     ("answer_logprob", pa.float64()), ("likelihood_model", pa.string()), ("checkpoint", pa.string()),
     ("checkpoint_id", pa.string()), ("judge_labels", pa.list_(pa.string())), ("temperature", pa.float32()),
     ("top_p", pa.float32()), ("top_k", pa.int32()), ("max_new_tokens", pa.int32()), ("seed", pa.int64()),
-    ("nframes", pa.int32()), ("prompt_version", pa.string()),
+    ("nframes", pa.int32()), ("prompt_version", pa.string()), ("prompt_template", pa.string()),
 ]
 
 
@@ -174,13 +174,15 @@ def generate_level(config: EvalConfig, samples: Sequence[Sample], cache: FrameCa
     processor = load_processor(model_path(config.checkpoint))
     scorer = load_likelihood_model(config, model, processor, device, dtype)
     tok = processor.tokenizer
-    suppress, decoding = suppressed_token_ids(processor), _decoding(config)
+    stop = stop_token_ids(processor, config.decoding.eos)
+    suppress, decoding = suppressed_token_ids(processor, stop=stop), _decoding(config)
+    template = prompt_template(config.prompt, "eval")
     out: list[Generated] = []
     for k, start in enumerate(range(0, len(samples), config.batch_size)):
-        items, rates = prompt_items(samples[start : start + config.batch_size], cache)
+        items, rates = prompt_items(samples[start : start + config.batch_size], cache, template=template)
         enc = _to_device(encode_prompts(processor, items, fps=rates), device)
         completions = sample_completions(model, enc, tok, group_size=1, decoding=decoding,
-                                         seed=config.decoding.seed + k, eos_token_ids=[tok.eos_token_id],
+                                         seed=config.decoding.seed + k, eos_token_ids=stop,
                                          pad_token_id=tok.pad_token_id, suppress_token_ids=suppress)
         p, logp = answer_likelihoods(scorer, processor, items, rates, [c.token_ids for c in completions])
         out += [Generated(c.text, len(c.token_ids), c.truncated, p[i], logp[i]) for i, c in enumerate(completions)]
@@ -193,7 +195,13 @@ def eval_context(config: EvalConfig, *, run_id: str, label: str, checkpoint_id: 
     return {"run_id": run_id, "label": label, "checkpoint": config.checkpoint, "checkpoint_id": checkpoint_id,
             "likelihood_model": likelihood_label(config.likelihood_model), "temperature": d.temperature,
             "top_p": d.top_p, "top_k": d.top_k, "max_new_tokens": d.max_new_tokens, "seed": d.seed,
-            "nframes": config.frames.nframes, "prompt_version": PROMPT_VERSION}
+            "nframes": config.frames.nframes, **prompt_columns(config)}
+
+
+def prompt_columns(config: EvalConfig) -> dict:
+    """The prompt template an evaluation's prompts are built from: its version and id (``name@version``)."""
+    template = prompt_template(config.prompt, "eval")
+    return {"prompt_version": template.version, "prompt_template": template.template_id}
 
 
 def run_eval_level(config: EvalConfig, level: str, *, cache_root: str | Path, out_dir: str | Path, run_id: str,
@@ -210,6 +218,7 @@ def run_eval_level(config: EvalConfig, level: str, *, cache_root: str | Path, ou
     context = eval_context(config, run_id=run_id, label=label, checkpoint_id=checkpoint_id)
     rows, accuracy, consistency = score_level(level=level, samples=samples, generated=generated, judges=judges,
                                               context=context, confidence=config.confidence)
+    accuracy["prompt_template"] = context["prompt_template"]  # recorded with the level's eval_results rows
     failpoint("evaluation")  # crash tests: killed after generation and scoring, before the Parquet is written
     path = write_rows_atomic(predictions_path(out_dir, level), rows, predictions_schema([j.name for j in judges]))
     return {
@@ -228,6 +237,9 @@ def overall_record(manifests: Sequence[dict], confidence: float = 0.95) -> dict:
     low, high = wilson_interval(k, n, confidence)
     accuracy = {"level": OVERALL_LEVEL, "n": n, "correct": k, "accuracy": k / n if n else math.nan,
                 "ci_low": low, "ci_high": high, "confidence": confidence}
+    templates = {m["accuracy"].get("prompt_template") for m in manifests}
+    if len(templates) == 1 and None not in templates:  # the pooled rows name the levels' one template
+        accuracy["prompt_template"] = templates.pop()
     pooled: dict[str, dict] = {}
     for m in manifests:
         for s in m["consistency"]:

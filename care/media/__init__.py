@@ -1,7 +1,9 @@
 """Video/image decoding, frame sampling and resizing, and the Parquet frame cache.
 
 Public API: ``FrameSampling`` (options), ``FrameCache`` (``.put(path, kind)`` fills, ``.load(sample)`` reads),
-``CachedSample``, ``FrameDataset``, ``decode_video``, ``load_image``, ``probe_video``, ``MediaError``.
+``CachedSample``, ``FrameDataset``, ``decode_video``, ``load_image``, ``probe_video``, ``MediaError``. The
+pipeline's stages read frames through ``care.train.samples`` (``FrameCache.contains`` / ``.load``), not through
+``FrameDataset`` (a torch ``Dataset`` view of the same reads that no stage uses).
 """
 
 from care.media.cache import CACHE_VERSION, CacheMissError, cache_key, file_sha256

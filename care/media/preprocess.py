@@ -87,7 +87,9 @@ def shard_fingerprint(items: Sequence[tuple[str, str]], sampling: FrameSampling)
             parts.append((path, kind, st.st_size, st.st_mtime_ns))
         except OSError:
             parts.append((path, kind, None, None))
-    blob = json.dumps({"v": CACHE_VERSION, "items": parts, "sampling": sampling.model_dump()}, sort_keys=True)
+    # ``temporal`` positions the frames in the model, it does not change them
+    params = sampling.model_dump(exclude={"temporal"})
+    blob = json.dumps({"v": CACHE_VERSION, "items": parts, "sampling": params}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -28,7 +28,8 @@ MAX_ASPECT_RATIO = 200
 
 
 class FrameSampling(StageConfig):
-    """How frames are sampled and resized before they enter the frame cache (part of every cache key)."""
+    """How frames are sampled and resized before they enter the frame cache (part of every cache key), and how
+    the model positions them in time (``temporal``, not part of the cache key)."""
 
     fps: float = Field(2.0, gt=0, description="Target sampling rate in frames per second of video time.")
     min_frames: int = Field(4, ge=1, description="Fewest frames to sample (rounded up to even).")
@@ -44,6 +45,11 @@ class FrameSampling(StageConfig):
         "raw", description="Frame storage in the cache: 'raw' (lossless uint8) or 'jpeg' (lossy, smaller)."
     )
     jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality when codec is 'jpeg'.")
+    temporal: Literal["real_fps", "fixed_1s"] = Field(
+        "real_fps", description="Temporal positions (Qwen2.5-VL M-RoPE) of the video frames: 'real_fps' places "
+        "them at their sampled rate (seconds per 2-frame patch = 2 / fps); 'fixed_1s' at 1 s per patch whatever "
+        "the rate, as the reference code trains (its evaluation uses the real rate). Not part of the cache key: "
+        "the cached frames are the same.")
 
     @model_validator(mode="after")
     def _check_ranges(self) -> FrameSampling:

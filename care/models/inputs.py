@@ -11,8 +11,11 @@ Layout of a prompt+completion batch::
 
 This is exactly what ``generate`` sees (left-padded prompt, then new tokens appended), so the M-RoPE position
 ids the model derives from ``attention_mask`` match those used while sampling, and the logits of the completion
-equal the per-sample unpadded ones (tested). ``second_per_grid_ts`` is set from the real sampled frame rate:
-the processor assumes 24 fps for pre-decoded frames, which would compress the temporal positions.
+equal the per-sample unpadded ones (tested). ``second_per_grid_ts`` (seconds per temporal patch, which
+scales Qwen2.5-VL's temporal M-RoPE positions) is set here, in one place: from the real sampled frame rate by
+default (the processor assumes 24 fps for pre-decoded frames, which would compress the temporal positions), or
+fixed by the item (``PromptItem.seconds_per_grid``: 1.0 with ``frames.temporal: fixed_1s``, what the reference
+code's training passes, its processor's default 2 fps over 2-frame patches).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from transformers import BatchFeature
 from care.models.shared_prompts import SharedPrompts
 
 PER_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+FIXED_SECONDS_PER_GRID = 1.0  # frames.temporal: fixed_1s
 
 
 @dataclass(frozen=True)
@@ -36,17 +40,21 @@ class PromptItem:
 
     ``video``: uint8 (T, H, W, 3), already sampled and resized, or None. ``image``: uint8 (H, W, 3) or None.
     The messages must hold a ``{"type": "video"}`` item iff ``video`` is given (same for the image).
+    ``seconds_per_grid``: the video's seconds per temporal patch for the M-RoPE positions; None = from the
+    sampled fps (``temporal_patch_size / fps``).
     """
 
     messages: list[dict]
     video: np.ndarray | None = None
     image: np.ndarray | None = None
+    seconds_per_grid: float | None = None
 
 
 def _item(obj: PromptItem | Mapping[str, Any]) -> PromptItem:
     if isinstance(obj, PromptItem):
         return obj
-    return PromptItem(messages=obj["messages"], video=obj.get("video"), image=obj.get("image"))
+    return PromptItem(messages=obj["messages"], video=obj.get("video"), image=obj.get("image"),
+                      seconds_per_grid=obj.get("seconds_per_grid"))
 
 
 def _count_placeholders(messages: list[dict], kind: str) -> int:
@@ -121,7 +129,8 @@ def _repeat_rows(enc: BatchFeature, unique: Sequence[PromptItem], inverse: Seque
 
 
 def _encode_unique(processor, items: Sequence[PromptItem], rates: Sequence[float | None]) -> BatchFeature:
-    texts, videos, images, video_fps = [], [], [], []
+    texts, videos, images, seconds = [], [], [], []
+    tps = processor.video_processor.temporal_patch_size
     for k, item in enumerate(items):
         for kind, value in (("video", item.video), ("image", item.image)):
             expected = 0 if value is None else 1
@@ -133,7 +142,7 @@ def _encode_unique(processor, items: Sequence[PromptItem], rates: Sequence[float
             if rates[k] is None or rates[k] <= 0:
                 raise ValueError(f"item {k}: a video needs a positive fps, got {rates[k]}")
             videos.append(np.asarray(item.video))
-            video_fps.append(rates[k])
+            seconds.append(item.seconds_per_grid if item.seconds_per_grid is not None else tps / rates[k])
         if item.image is not None:
             images.append(np.asarray(item.image))
     enc = processor(
@@ -141,9 +150,9 @@ def _encode_unique(processor, items: Sequence[PromptItem], rates: Sequence[float
         return_tensors="pt", videos_kwargs={"do_sample_frames": False},
     )
     if videos:
-        # the processor reports temporal_patch_size / 24 fps for pre-decoded frames; use the real rate
-        tps = processor.video_processor.temporal_patch_size
-        enc["second_per_grid_ts"] = torch.tensor([tps / r for r in video_fps], dtype=torch.float32)
+        # the processor reports temporal_patch_size / 24 fps for pre-decoded frames; use the real rate (or the
+        # item's fixed value)
+        enc["second_per_grid_ts"] = torch.tensor(seconds, dtype=torch.float32)
     return enc
 
 

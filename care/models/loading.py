@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -126,17 +126,40 @@ def vision_token_ids(processor_or_tokenizer) -> list[int]:
     return sorted(vocab[t] for t in VISION_TOKENS if t in vocab)
 
 
-def suppressed_token_ids(processor_or_tokenizer) -> list[int]:
-    """Ids generation must never sample: the vision placeholders and every special token except EOS.
+REFERENCE_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+"""What ends a completion in the reference code: its ``generate`` takes the model's generation_config EOS
+list, which for Qwen2.5-VL-7B-Instruct is ``[151645, 151643]`` = ``<|im_end|>``, ``<|endoftext|>``."""
+
+
+def stop_token_ids(processor_or_tokenizer, eos: str = "care") -> list[int]:
+    """Token ids that end a completion (kept as its last token): ``care`` = the tokenizer's EOS
+    (``<|im_end|>``) only; ``reference`` = ``REFERENCE_STOP_TOKENS``, the EOS first."""
+    tok = _tokenizer(processor_or_tokenizer)
+    if eos == "care":
+        return [tok.eos_token_id]
+    if eos != "reference":
+        raise ValueError(f"eos={eos!r}: expected 'care' or 'reference'")
+    vocab = tok.get_vocab()
+    missing = [t for t in REFERENCE_STOP_TOKENS if t not in vocab]
+    if missing:
+        raise ModelLoadError(f"eos 'reference' needs the stop tokens {list(REFERENCE_STOP_TOKENS)}; the "
+                             f"tokenizer lacks {missing}")
+    ids = [vocab[t] for t in REFERENCE_STOP_TOKENS]
+    return list(dict.fromkeys([tok.eos_token_id, *ids]))
+
+
+def suppressed_token_ids(processor_or_tokenizer, *, stop: Sequence[int] | None = None) -> list[int]:
+    """Ids generation must never sample: the vision placeholders and every special token except the stop
+    tokens (``stop``; default the EOS).
 
     A sampled placeholder would be read as an image/video slot when the completion is fed back (scoring,
     policy update) and fail there; other specials (``<|im_start|>``, pad) are never a valid completion token.
     Pass as ``generate(..., suppress_tokens=...)``.
     """
     tok = _tokenizer(processor_or_tokenizer)
-    eos = tok.eos_token_id
+    keep = {tok.eos_token_id} if stop is None else set(stop)
     special = {i for i, added in tok.added_tokens_decoder.items() if added.special}
-    return sorted((special | set(vision_token_ids(tok))) - {eos})
+    return sorted((special | set(vision_token_ids(tok))) - keep)
 
 
 def _load_from_dcp(folder: Path, *, dtype, device):

@@ -8,7 +8,8 @@ files in the iteration's output folder:
 1. ``vllm_request.parquet`` (``vllm_worker.REQUEST_SCHEMA``), one row per prompt: the prompt rendered with the
    policy processor's chat template (+ the assistant header), the cached frames as raw uint8 bytes with their
    shape and real sampled fps, the image likewise, G, the sampling parameters with a per-prompt seed, the token
-   ids to suppress (``suppressed_token_ids``, as the ``hf`` backend) and the EOS to stop at.
+   ids to suppress (``suppressed_token_ids``, as the ``hf`` backend) and the stop tokens
+   (``rollout.sampling.eos``, the ``hf`` backend's).
 2. the worker loads ``<checkpoint>/policy`` (a save_pretrained folder with the processor) in vLLM, samples, and
    writes ``vllm_response.parquet`` (``vllm_worker.RESPONSE_SCHEMA``), one row per completion.
 3. here: the completions are read back, their text decoded with the policy tokenizer as in the ``hf`` backend.
@@ -55,7 +56,7 @@ import care
 from care.errors import CareError
 from care.models.generation import Completion, chunk_seed
 from care.models.inputs import PromptItem
-from care.models.loading import suppressed_token_ids
+from care.models.loading import stop_token_ids, suppressed_token_ids
 from care.models.vllm_worker import REQUEST_SCHEMA, RESPONSE_SCHEMA, encode_reply, write_table_atomic
 from care.train.config import RolloutConfig
 
@@ -108,21 +109,26 @@ def build_requests(processor, items: Sequence[PromptItem], rates: Sequence[float
                    seeds: Sequence[int]) -> list[dict]:
     """``REQUEST_SCHEMA`` rows, one per prompt item (``rates[k]``: the frames' fps, None without a video)."""
     s = config.sampling
-    suppress = suppressed_token_ids(processor)
-    eos = processor.tokenizer.eos_token_id
+    stop = stop_token_ids(processor, s.eos)
+    suppress = suppressed_token_ids(processor, stop=stop)
+    tps = processor.video_processor.temporal_patch_size
     rows = []
     for k, (item, fps, seed) in enumerate(zip(items, rates, seeds, strict=True)):
         video, video_shape = _raw(item.video)
         image, image_shape = _raw(item.image)
         if video is not None and not (fps or 0) > 0:
             raise ValueError(f"prompt {k}: a video needs a positive fps, got {fps}")
+        if video is not None and item.seconds_per_grid is not None:
+            # the engine derives seconds per temporal patch as temporal_patch_size / fps: give it the rate
+            # that yields the item's fixed value (frames.temporal: fixed_1s), as care.models.inputs does
+            fps = tps / item.seconds_per_grid
         rows.append({
             "prompt_index": k,
             "prompt": processor.apply_chat_template(item.messages, add_generation_prompt=True, tokenize=False),
             "video": video, "video_shape": video_shape, "video_fps": float(fps) if video is not None else None,
             "image": image, "image_shape": image_shape, "n": config.group_size, "temperature": s.temperature,
             "top_p": s.top_p, "top_k": s.top_k, "max_tokens": s.max_new_tokens, "seed": int(seed),
-            "suppress_token_ids": suppress, "stop_token_ids": [eos],
+            "suppress_token_ids": suppress, "stop_token_ids": stop,
         })
     return rows
 

@@ -10,6 +10,7 @@
   n_consistent`` and ``unjudged_reasons`` (JSON: code -> count). These rows repeat the level's accuracy
   columns, so one row answers "accuracy and consistency under judge X".
 - ``level = 'all'`` rows pool every evaluated level.
+- ``prompt_template`` names the prompt template (``care.algo.prompt``, ``name@version``) of every row.
 
 Writes are upserts on the key, so re-running an evaluation replaces its rows. ``eval_predictions`` reads
 ``<runs_dir>/*/eval/*/*.parquet`` (one row per sample; see care.eval.evaluate) and, like ``rollouts``, is
@@ -37,15 +38,19 @@ CREATE TABLE IF NOT EXISTS eval_results (
     ci_low DOUBLE, ci_high DOUBLE, consistency_rate DOUBLE, consistency_ci_low DOUBLE,
     consistency_ci_high DOUBLE, n_judged INTEGER, n_unjudged INTEGER, n_consistent INTEGER,
     unjudged_reasons JSON, confidence DOUBLE, predictions_path VARCHAR, created_at TIMESTAMP,
+    prompt_template VARCHAR,
     PRIMARY KEY (run_id, checkpoint_id, label, level, judge)
 )"""
 
-register_schema("evals", [EVAL_RESULTS_DDL])
+# catalogs created before the column existed get it (NULL in their old rows)
+EVAL_RESULTS_MIGRATIONS = ["ALTER TABLE eval_results ADD COLUMN IF NOT EXISTS prompt_template VARCHAR"]
+
+register_schema("evals", [EVAL_RESULTS_DDL, *EVAL_RESULTS_MIGRATIONS])
 
 COLUMNS = ("run_id", "checkpoint_id", "label", "level", "judge", "judge_name", "checkpoint", "n", "correct",
            "accuracy", "ci_low", "ci_high", "consistency_rate", "consistency_ci_low", "consistency_ci_high",
            "n_judged", "n_unjudged", "n_consistent", "unjudged_reasons", "confidence", "predictions_path",
-           "created_at")
+           "created_at", "prompt_template")
 
 
 def _finite(x: Any) -> float | None:
@@ -53,25 +58,29 @@ def _finite(x: Any) -> float | None:
 
 
 def result_rows(*, run_id: str, checkpoint_id: str, label: str, checkpoint: str, accuracy: Mapping[str, Any],
-                consistency: Sequence[Mapping[str, Any]], predictions_path: str | None = None) -> list[tuple]:
+                consistency: Sequence[Mapping[str, Any]], predictions_path: str | None = None,
+                prompt_template: str | None = None) -> list[tuple]:
     """``eval_results`` rows of one level: the accuracy row, then one row per consistency summary.
 
     ``accuracy`` is a ``LevelAccuracy.as_dict()``, ``consistency`` holds ``ConsistencySummary.as_dict()``s.
+    ``prompt_template``: the template id the prompts were built from (default: ``accuracy["prompt_template"]``,
+    which ``care.eval.evaluate`` sets).
     """
+    template = prompt_template or accuracy.get("prompt_template")
     now = datetime.now(UTC).replace(tzinfo=None)
     level = accuracy["level"]
     acc = (accuracy["n"], accuracy["correct"], _finite(accuracy["accuracy"]), accuracy["ci_low"],
            accuracy["ci_high"])
     key = (run_id, checkpoint_id, label, level)
     rows = [(*key, ACCURACY_JUDGE, None, checkpoint, *acc, None, None, None, None, None, None, None,
-             accuracy.get("confidence"), predictions_path, now)]
+             accuracy.get("confidence"), predictions_path, now, template)]
     for s in consistency:
         if s["level"] != level:
             raise ValueError(f"consistency summary of level {s['level']!r} given with accuracy of {level!r}")
         rows.append((*key, s["judge_label"], s["judge"], checkpoint, *acc, _finite(s["rate"]), s["ci_low"],
                      s["ci_high"], s["n_judged"], s["n_unjudged"], s["n_consistent"],
                      json.dumps(s["unjudged_reasons"], sort_keys=True), accuracy.get("confidence"),
-                     predictions_path, now))
+                     predictions_path, now, template))
     return rows
 
 

@@ -37,6 +37,7 @@ GENERATED_SCHEMA = pa.schema(
         ("options", pa.list_(pa.string())),
         ("question", pa.string()),
         ("prompt_version", pa.string()),
+        ("prompt_template", pa.string()),  # care.algo.prompt template id (name@version) the prompt was built from
         ("policy_checkpoint", pa.string()),
         ("backend", pa.string()),
         ("seed", pa.int64()),

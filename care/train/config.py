@@ -13,9 +13,13 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from care.algo.algorithms import algorithm, registered_algorithms
 from care.config import StageConfig
 from care.media.sampling import FrameSampling
 from care.tracking import TRACKING_FIELDS, TrackingOptions
+
+# the registered algorithms (care.algo.algorithms), spelled out for the parameter schema of the flows
+AlgorithmName = Literal["grpo_care", "grpo", "grpo_nokl", "dr_grpo", "rloo"]
 
 
 class SamplingParams(StageConfig):
@@ -26,10 +30,18 @@ class SamplingParams(StageConfig):
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
     top_k: int = Field(50, ge=0, description="Top-k sampling; 0 disables it.")
     max_new_tokens: int = Field(768, ge=1, description="Maximum completion length in tokens.")
+    eos: Literal["care", "reference"] = Field(
+        "care", description="What ends a completion (kept as its last token): 'care' = <|im_end|> only; "
+        "'reference' = <|im_end|> or <|endoftext|>, the Qwen2.5-VL generation config's EOS list that the "
+        "reference code's generate uses. Both backends stop on the same ids.")
 
 
 class RolloutConfig(StageConfig):
     backend: Literal["hf", "vllm"] = Field("hf", description="Generation engine: transformers generate, or vLLM (GPU, own environment).")
+    prompt: Literal["care", "reference"] = Field(
+        "care", description="Prompt template (care.algo.prompt): 'care' = the short versioned instruction; "
+        "'reference' = the reference code's training prompt, reproduced exactly. Recorded with every rollout "
+        "(prompt_template); scoring and the update rebuild each rollout's prompt from the recorded template.")
     group_size: int = Field(8, ge=2, description="G: completions sampled per prompt.")
     prompts_per_iteration: int = Field(4, ge=1, description="Prompts per generation batch (one RL iteration).")
     generation_batch_prompts: int = Field(4, ge=1, description="Prompts per generate() call (a memory knob; the per-call seed depends on it, so it is part of the config).")
@@ -64,23 +76,27 @@ class ScoringConfig(StageConfig):
         default_factory=lambda: {"accuracy": 1.0, "format": 1.0},
         description="Base rewards by registry name and weight (care.algo.rewards).",
     )
-    consistency_bonus: bool = Field(True, description="Add the CARE consistency bonus (off = plain GRPO).")
     bonus_weight: float = Field(0.5, ge=0, description="lambda: bonus = lambda * accuracy for consistent correct samples.")
     bonus_margin: float = Field(0.0, ge=0, description="Tolerance below the group's mean likelihood (0 for SEED-Bench-R1, 0.01 transfer).")
     confidence_upper_bound: float = Field(0.95, gt=0, le=1, description="Clamp of the answer likelihood p_i.")
-    advantage: Literal["grpo", "grpo_care", "dr_grpo", "rloo"] = Field("grpo_care", description="Advantage estimator.")
-    reproduce_reference: bool = Field(False, description="Use the reference code's likelihood span and per-batch bonus.")
+    reproduce_reference: bool = Field(False, description="Score as the reference code: its token rule for the answer "
+                                      "span, its mean, and the bonus statistic per device batch in float32 "
+                                      "(docs/algorithm.md).")
+    reference_prompts_per_device: int = Field(1, ge=1, description="With reproduce_reference: consecutive prompts "
+                                              "pooled into one bonus statistic, as one device's batch (1 in the "
+                                              "released runs).")
     scoring_batch_size: int = Field(16, ge=1, description="Rollouts per reference-model forward.")
 
-    @model_validator(mode="after")
-    def _bonus_matches_estimator(self) -> ScoringConfig:
-        # the grpo_care estimator is GRPO over rewards that include the bonus; any other estimator must not see it
-        if self.consistency_bonus != (self.advantage == "grpo_care"):
-            raise ValueError(
-                f"advantage={self.advantage!r} with consistency_bonus={self.consistency_bonus}: use advantage "
-                "'grpo_care' with the bonus, and 'grpo', 'dr_grpo' or 'rloo' without it"
-            )
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _the_algorithm_is_chosen_by_algo(cls, data):
+        # one switch (RLConfig.algo, care.algo.algorithms) says the estimator and whether the bonus is added
+        if isinstance(data, dict):
+            for gone in ("consistency_bonus", "advantage"):
+                if gone in data:
+                    raise ValueError(f"scoring.{gone} is set by the algorithm: choose `algo` instead (one of "
+                                     f"{', '.join(registered_algorithms())}; docs/algorithm.md)")
+        return data
 
 
 # OptimConfig fields of where the ranks run, not what they compute
@@ -90,6 +106,9 @@ PLACEMENT = ("nnodes", "rdzv_endpoint", "local_nodes", "control_host", "node_dep
 class OptimConfig(StageConfig):
     learning_rate: float = Field(1e-6, gt=0, description="AdamW peak learning rate.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    weight_decay_exempt: Literal["bias_and_norm", "none"] = Field(
+        "bias_and_norm", description="Parameters AdamW does not decay: 'bias_and_norm' = biases and norm weights, "
+        "the Hugging Face Trainer's rule (the reference's runs); 'none' = decay every parameter.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
     max_grad_norm: float = Field(5.0, gt=0, description="Gradient-norm clip.")
@@ -151,7 +170,9 @@ class RLConfig(TrackingOptions):
     """A GRPO / GRPO-CARE run: which model and data, how many iterations, and each stage's options."""
 
     run_name: str | None = Field(None, description="Run id; default derives from the config hash so a re-run resumes it.")
-    algo: Literal["grpo_care", "grpo"] = Field("grpo_care", description="grpo_care adds the consistency bonus; grpo is the baseline.")
+    algo: AlgorithmName = Field("grpo_care", description="The RL algorithm (care.algo.algorithms): its advantage "
+                                "estimator, consistency bonus and KL defaults. grpo_care = GRPO-CARE; grpo = the "
+                                "paper's GRPO baseline (KL k3, beta 0.1, frozen reference); grpo_nokl, dr_grpo, rloo.")
     model: str = Field(..., description="Initial policy: a local save_pretrained folder or a hub id (GPU machines).")
     data_root: str = Field(..., description="SEED-Bench-R1-layout root (annotations/, videos/, images/).")
     train_annotations: str = Field("training_6k.jsonl", description="Training file, relative to data_root/annotations.")
@@ -198,25 +219,29 @@ class RLConfig(TrackingOptions):
 
     @model_validator(mode="before")
     @classmethod
-    def _algo_sets_bonus(cls, data):
-        # ``algo`` is the switch users reach for; the scoring stage only sees ScoringConfig, so mirror it there
-        # before the nested model validates (explicit scoring options still win and are checked there).
-        if isinstance(data, dict):
-            algo = data.get("algo", "grpo_care")
-            scoring = data.get("scoring") or {}
-            if isinstance(scoring, dict):
-                scoring = dict(scoring)
-                scoring.setdefault("consistency_bonus", algo == "grpo_care")
-                scoring.setdefault("advantage", "grpo_care" if algo == "grpo_care" else "grpo")
-                data = {**data, "scoring": scoring}
+    def _algorithm_fills_the_update(cls, data):
+        # the algorithm's KL settings (care.algo.algorithms) wherever optim leaves them unset
+        if not isinstance(data, dict) or data.get("algo", "grpo_care") not in registered_algorithms():
+            return data  # field validation names the bad value
+        defaults = algorithm(data.get("algo", "grpo_care")).optim_defaults
+        optim = data.get("optim") or {}
+        if isinstance(optim, OptimConfig):
+            unset = {k: v for k, v in defaults.items() if k not in optim.model_fields_set}
+            return {**data, "optim": optim.model_copy(update=unset)} if unset else data
+        if isinstance(optim, dict):
+            return {**data, "optim": {**defaults, **optim}}
         return data
 
     def eval_config(self, checkpoint: str):
-        """The periodic evaluation's config (validated when the RL config is)."""
+        """The periodic evaluation's config (validated when the RL config is): the run's frames, positioned in
+        time as the ``eval.frames.temporal`` says (default the real fps, as the reference evaluates whatever
+        it trained with), and the prompt the run trains with unless ``eval.prompt`` is set."""
         from care.eval.eval_config import EvalConfig
 
-        return EvalConfig.model_validate({**self.eval, "checkpoint": checkpoint, "data_root": self.data_root,
-                                          "frames": self.frames.model_dump()})
+        temporal = (self.eval.get("frames") or {}).get("temporal", "real_fps")
+        return EvalConfig.model_validate({"prompt": self.rollout.prompt, **self.eval, "checkpoint": checkpoint,
+                                          "data_root": self.data_root,
+                                          "frames": {**self.frames.model_dump(), "temporal": temporal}})
 
     @model_validator(mode="after")
     def _eval_section_valid(self) -> RLConfig:
@@ -225,12 +250,6 @@ class RLConfig(TrackingOptions):
                 self.eval_config("<checkpoint>")
             except ValueError as exc:
                 raise ValueError(f"eval: {exc}") from None
-        return self
-
-    @model_validator(mode="after")
-    def _algo_consistent(self) -> RLConfig:
-        if (self.algo == "grpo_care") != self.scoring.consistency_bonus:
-            raise ValueError(f"algo={self.algo} contradicts scoring.consistency_bonus={self.scoring.consistency_bonus}")
         return self
 
     @model_validator(mode="after")

@@ -43,7 +43,7 @@ from care.models.inputs import completion_target_mask, encode_prompt_completions
 from care.models.loading import enable_activation_checkpointing
 from care.store.rollout_log import read_rows
 from care.train.config import OptimConfig
-from care.train.samples import shared_prompt_items
+from care.train.samples import row_template, shared_prompt_items
 from care.train.toolkit import autocast, resolve_dtype, step_if_finite
 from care.train.trainer import Trainer, ensure_optimizer
 
@@ -117,7 +117,8 @@ def _micro_step(scorer, reference, processor, accelerator, rows, samples, cache,
                 max_new_tokens, weight_of, use_behaviour, world,
                 compute_dtype) -> tuple[torch.Tensor, dict[str, float], float]:
     """Forward + backward of one micro-batch; returns (weighted loss, metrics, weight)."""
-    items, rates = shared_prompt_items([samples[r["sample_id"]] for r in rows], cache)
+    items, rates = shared_prompt_items([samples[r["sample_id"]] for r in rows], cache,
+                                       template=[row_template(r) for r in rows])
     batch = encode_prompt_completions(processor, items, [r["completion_ids"] for r in rows], fps=rates)
     device = accelerator.device
     inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in model_inputs(batch).items()}

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from care.algo.likelihood import token_log_probs
-from care.algo.prompt import PROMPT_VERSION
+from care.algo.prompt import build_messages, prompt_template
 from care.data.schema import Sample
 from care.failpoints import failpoint
 from care.media.frame_cache import FrameCache
@@ -29,7 +29,7 @@ from care.models.inputs import (
     encode_prompts,
     model_inputs,
 )
-from care.models.loading import load_processor, suppressed_token_ids
+from care.models.loading import load_processor, stop_token_ids, suppressed_token_ids
 from care.models.vllm_backend import generate_vllm, logprob_gap, vllm_prompt_seeds
 from care.store.rollout_log import GENERATED_FILE, GENERATED_SCHEMA, read_rows, rollout_uid, write_rows_atomic
 from care.train.config import RolloutConfig, SamplingParams
@@ -56,13 +56,16 @@ def behaviour_logprobs(model, processor, items, rates, completion_ids, *, temper
 def rollout_rows(*, run_id: str, iteration: int, first_group: int, samples: Sequence[Sample],
                  completions: Sequence[Completion], logprobs: Sequence[Sequence[float]],
                  prompt_tokens: Sequence[int], seeds: Sequence[int], checkpoint: str, backend: str,
-                 sampling: SamplingParams, seconds: float) -> list[dict]:
+                 sampling: SamplingParams, seconds: float, prompt: str = "care") -> list[dict]:
     """One ``GENERATED_SCHEMA`` row per completion; shared by every backend so the shards are alike.
+
+    ``prompt``: the rollout config's prompt option; its training template's id and version are recorded.
 
     ``samples[k]`` is group ``first_group + k``; ``completions[i].prompt_index`` indexes ``samples``;
     ``prompt_tokens[k]`` and ``seeds[k]`` are per prompt; ``logprobs[i]`` belongs to ``completions[i]``;
     ``seconds`` is the generation time per completion.
     """
+    template = prompt_template(prompt, "train")
     rows = []
     for c, lp in zip(completions, logprobs, strict=True):
         sample = samples[c.prompt_index]
@@ -71,7 +74,8 @@ def rollout_rows(*, run_id: str, iteration: int, first_group: int, samples: Sequ
             "rollout_uid": rollout_uid(run_id, iteration, g, c.sample_index), "run_id": run_id,
             "iteration": iteration, "group": g, "sample_index": c.sample_index,
             "sample_id": sample.sample_id, "split": sample.split, "gold": sample.answer,
-            "options": list(sample.options), "question": sample.question, "prompt_version": PROMPT_VERSION,
+            "options": list(sample.options), "question": sample.question, "prompt_version": template.version,
+            "prompt_template": template.template_id,
             "policy_checkpoint": checkpoint, "backend": backend, "seed": int(seeds[c.prompt_index]),
             "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
             "max_new_tokens": sampling.max_new_tokens, "prompt_tokens": int(prompt_tokens[c.prompt_index]),
@@ -125,7 +129,9 @@ def hf_rollouts(*, run_id: str, iteration: int, state: PolicyState, samples: Seq
     device = next(model.parameters()).device
     s = config.sampling
     decoding = Decoding(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_new_tokens=s.max_new_tokens)
-    suppress = suppressed_token_ids(processor)
+    stop = stop_token_ids(processor, s.eos)
+    suppress = suppressed_token_ids(processor, stop=stop)
+    template = prompt_template(config.prompt, "train")
     ckpt = state.state_id
     from_sampler = config.behaviour_logprobs != "forward"  # an unresolved 'auto' (stage called alone): sampler
     rows: list[dict] = []
@@ -135,13 +141,13 @@ def hf_rollouts(*, run_id: str, iteration: int, state: PolicyState, samples: Seq
     for chunk, start in mine:
         group = list(samples[start : start + step])
         t0 = time.perf_counter()
-        items, rates = prompt_items(group, cache)
+        items, rates = prompt_items(group, cache, template=template)
         enc = encode_prompts(processor, items, fps=rates)
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in enc.items()}
         with autocast(device, dtype):
             completions = sample_completions(
                 model, inputs, tokenizer, group_size=config.group_size, decoding=decoding,
-                seed=chunk_seed(seed, iteration, chunk), eos_token_ids=[tokenizer.eos_token_id],
+                seed=chunk_seed(seed, iteration, chunk), eos_token_ids=stop,
                 pad_token_id=tokenizer.pad_token_id, suppress_token_ids=suppress, record_logprobs=from_sampler,
             )
         if from_sampler:
@@ -157,7 +163,7 @@ def hf_rollouts(*, run_id: str, iteration: int, state: PolicyState, samples: Seq
             run_id=run_id, iteration=iteration, first_group=start, samples=group, completions=completions,
             logprobs=logps, prompt_tokens=enc["attention_mask"].sum(dim=1).tolist(),
             seeds=[chunk_seed(seed, iteration, chunk)] * len(group), checkpoint=ckpt, backend="hf", sampling=s,
-            seconds=seconds,
+            seconds=seconds, prompt=config.prompt,
         )
     del model
     if world > 1:
@@ -209,7 +215,7 @@ def _vllm_rollouts(*, run_id: str, iteration: int, state: PolicyState, samples: 
     # memory share for weights and KV cache while it runs (a fresh engine exits afterwards, a resident one
     # sleeps, giving the memory back to this process's HF forward and the optimisation stage)
     processor = load_processor(policy_path(folder))
-    items, rates = prompt_items(list(samples), cache)
+    items, rates = prompt_items(list(samples), cache, template=prompt_template(config.prompt, "train"))
     seeds = vllm_prompt_seeds(seed, iteration, len(samples), config.group_size)
     try:
         generation = generate_vllm(processor, items, rates, seeds=seeds, model_dir=policy_path(folder),
@@ -240,6 +246,18 @@ def _vllm_rollouts(*, run_id: str, iteration: int, state: PolicyState, samples: 
     return {**manifest, "generation_seconds": generation.seconds, "vllm_device": generation.engine.device,
             "vllm_dtype": generation.engine.dtype, "vllm_enforce_eager": generation.engine.enforce_eager,
             "vllm_resident": config.vllm_resident, **engine}
+
+
+def with_template(items: Sequence[PromptItem], samples: Sequence[Sample], template) -> list[PromptItem]:
+    """``items`` (one per sample) with their text rebuilt from ``template``, visual inputs kept: the behaviour
+    log-probs are those of the prompt that was sampled, whoever built the items."""
+    out = []
+    for item, sample in zip(items, samples, strict=True):
+        messages = build_messages(sample.question, sample.options, has_video=item.video is not None,
+                                  has_image=item.image is not None, template=template)
+        out.append(PromptItem(messages=messages, video=item.video, image=item.image,
+                              seconds_per_grid=item.seconds_per_grid))
+    return out
 
 
 COMPLETIONS_FILE = ".completions.json"  # an engine's completions, for the gang's ranks (removed after the tail)
@@ -290,6 +308,7 @@ def shard_from_completions(*, run_id: str, iteration: int, state: str | Path | P
     (meaningful at temperature 1: vLLM returns log-probs of the raw logits, before temperature and logit_bias).
     """
     state = as_state(state)
+    items = with_template(items, samples, prompt_template(config.prompt, "train"))
     trainer = materialise(state)
     model, processor = forward_model(trainer, "policy"), trainer.processor
     device, dtype = next(model.parameters()).device, compute_dtype(state)
@@ -320,7 +339,7 @@ def shard_from_completions(*, run_id: str, iteration: int, state: str | Path | P
     rows = rollout_rows(run_id=run_id, iteration=iteration, first_group=0, samples=list(samples),
                         completions=completions, logprobs=logps, prompt_tokens=prompt_tokens, seeds=seeds,
                         checkpoint=state.state_id, backend=backend, sampling=config.sampling,
-                        seconds=seconds_per_completion)
+                        seconds=seconds_per_completion, prompt=config.prompt)
     manifest = write_generated(out_dir, rows, prompts=len(samples), started=started)
     if engine_logprobs is not None:
         manifest["engine_logprob_gap"] = logprob_gap(logps, engine_logprobs)

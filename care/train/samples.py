@@ -1,7 +1,9 @@
 """From samples to model inputs, reading only the frame cache (no stage after preprocessing decodes video).
 
 Shared by the SFT, rollout, scoring, optimisation and evaluation stages so a prompt is built the same way
-everywhere: ``build_messages`` (video, image, text in that order) + the cached frames at their real sampled fps.
+everywhere: ``build_messages`` (video, image, text in that order; the text from a versioned prompt template) +
+the cached frames, positioned in time at their real sampled fps or at 1 s per temporal patch
+(``FrameSampling.temporal``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from care.algo.prompt import build_messages
+from care.algo.prompt import DEFAULT_TEMPLATE, PromptTemplate, build_messages, template_by_id
 from care.config import StageConfig
 from care.data.annotations import load_annotations
 from care.data.schema import Sample
@@ -21,7 +23,7 @@ from care.errors import CareError
 from care.media.cache import CacheMissError
 from care.media.frame_cache import CachedSample, FrameCache
 from care.media.sampling import FrameSampling
-from care.models.inputs import PromptItem
+from care.models.inputs import FIXED_SECONDS_PER_GRID, PromptItem
 
 
 @dataclass(frozen=True)
@@ -68,24 +70,47 @@ def load_sample_set(data_root: str | Path, annotation_file: str, cache: FrameCac
     return result, media
 
 
-def prompt_item(sample: Sample, media: CachedSample) -> PromptItem:
-    """The chat messages and visual inputs of one sample (video only when the sample has one)."""
+def prompt_item(sample: Sample, media: CachedSample, *, template: PromptTemplate = DEFAULT_TEMPLATE,
+                temporal: str = "real_fps") -> PromptItem:
+    """The chat messages (``template``) and visual inputs of one sample (video only when the sample has one).
+
+    ``temporal`` (``FrameSampling.temporal``): ``real_fps`` positions the frames in time at their sampled rate,
+    ``fixed_1s`` at 1 s per temporal patch whatever the rate (the reference's training).
+    """
     has_video = media.frames is not None
-    messages = build_messages(sample.question, sample.options, has_video=has_video, has_image=True)
-    return PromptItem(messages=messages, video=media.frames, image=media.image)
+    messages = build_messages(sample.question, sample.options, has_video=has_video, has_image=True,
+                              template=template)
+    seconds = FIXED_SECONDS_PER_GRID if has_video and temporal == "fixed_1s" else None
+    return PromptItem(messages=messages, video=media.frames, image=media.image, seconds_per_grid=seconds)
 
 
-def prompt_items(samples: Sequence[Sample], cache: FrameCache) -> tuple[list[PromptItem], list[float | None]]:
-    """Prompt items and the per-item sampled fps (None for image-only samples)."""
+def prompt_items(samples: Sequence[Sample], cache: FrameCache, *,
+                 template: PromptTemplate | Sequence[PromptTemplate] = DEFAULT_TEMPLATE
+                 ) -> tuple[list[PromptItem], list[float | None]]:
+    """Prompt items and the per-item sampled fps (None for image-only samples).
+
+    ``template``: one for all samples, or one per sample (a rollout shard's recorded ``prompt_template``).
+    Frames are positioned in time as ``cache.sampling.temporal`` says.
+    """
+    templates = [template] * len(samples) if isinstance(template, PromptTemplate) else list(template)
+    if len(templates) != len(samples):
+        raise ValueError(f"{len(templates)} prompt templates for {len(samples)} samples")
     items, rates = [], []
-    for sample in samples:
+    for sample, tmpl in zip(samples, templates, strict=True):
         try:
             media = cache.load(sample)
         except CacheMissError as exc:
             raise CareError(f"sample {sample.sample_id}: {exc}") from None
-        items.append(prompt_item(sample, media))
+        items.append(prompt_item(sample, media, template=tmpl, temporal=cache.sampling.temporal))
         rates.append(media.fps)
     return items, rates
+
+
+def row_template(row: dict) -> PromptTemplate:
+    """The prompt template a rollout row was sampled with: its ``prompt_template``; ``care`` for rows written
+    before that column existed, when ``care`` was the only template."""
+    recorded = row.get("prompt_template")
+    return template_by_id(recorded) if recorded else DEFAULT_TEMPLATE
 
 
 class DataSpec(StageConfig):
@@ -164,13 +189,20 @@ def _media_fingerprint(media: Sequence[str]) -> tuple:
     return tuple(_stat(m) for m in media), tuple(_stat(f) for f in sorted(folders))
 
 
-def shared_prompt_items(samples: Sequence[Sample], cache: FrameCache) -> tuple[list, list[float | None]]:
-    """``prompt_items`` with each distinct sample read from the cache once and its item object repeated.
+def shared_prompt_items(samples: Sequence[Sample], cache: FrameCache, *,
+                        template: PromptTemplate | Sequence[PromptTemplate] = DEFAULT_TEMPLATE
+                        ) -> tuple[list, list[float | None]]:
+    """``prompt_items`` with each distinct (sample, template) read from the cache once and its item object
+    repeated (``template``: one, or one per sample).
 
     The G rollouts of a prompt then share one ``PromptItem``, which ``encode_prompts`` processes once.
     """
-    distinct = list({s.sample_id: s for s in samples}.values())
-    items, rates = prompt_items(distinct, cache)
-    by_id = {s.sample_id: (item, rate) for s, item, rate in zip(distinct, items, rates, strict=True)}
-    pairs = [by_id[s.sample_id] for s in samples]
+    templates = [template] * len(samples) if isinstance(template, PromptTemplate) else list(template)
+    if len(templates) != len(samples):
+        raise ValueError(f"{len(templates)} prompt templates for {len(samples)} samples")
+    keys = [(s.sample_id, t.template_id) for s, t in zip(samples, templates, strict=True)]
+    distinct = list({k: (s, t) for k, s, t in zip(keys, samples, templates, strict=True)}.items())
+    items, rates = prompt_items([s for _, (s, _) in distinct], cache, template=[t for _, (_, t) in distinct])
+    by_key = {k: (item, rate) for (k, _), item, rate in zip(distinct, items, rates, strict=True)}
+    pairs = [by_key[k] for k in keys]
     return [p[0] for p in pairs], [p[1] for p in pairs]

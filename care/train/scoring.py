@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from care.algo.advantages import compute_advantages
+from care.algo.algorithms import algorithm
 from care.algo.answer_span import answer_token_masks
 from care.algo.consistency import consistency_bonus
 from care.algo.likelihood import answer_likelihood
@@ -29,7 +30,7 @@ from care.train.config import ScoringConfig
 from care.train.gang import stage_gang
 from care.train.ranks import forward_model, gather_to_first
 from care.train.replay import compute_dtype, materialise
-from care.train.samples import shared_prompt_items
+from care.train.samples import row_template, shared_prompt_items
 from care.train.state import PolicyState, as_state
 from care.train.toolkit import autocast, default_device
 
@@ -42,14 +43,15 @@ def reference_likelihoods(reference, processor, rows: list[dict], samples: Mappi
     p_all, logp_all, has_all = [], [], []
     for start in range(0, len(rows), config.scoring_batch_size):
         chunk = rows[start : start + config.scoring_batch_size]
-        items, rates = shared_prompt_items([samples[r["sample_id"]] for r in chunk], cache)
+        items, rates = shared_prompt_items([samples[r["sample_id"]] for r in chunk], cache,
+                                           template=[row_template(r) for r in chunk])
         batch = encode_prompt_completions(processor, items, [r["completion_ids"] for r in chunk], fps=rates)
         span = answer_token_masks(batch["completion_ids"], batch["completion_mask"], processor.tokenizer,
                                   reproduce_reference=config.reproduce_reference)
         target = torch.cat([torch.zeros(len(chunk), batch["prompt_length"], dtype=torch.bool), span], dim=1)
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in model_inputs(batch).items()}
         out = answer_likelihood(reference, inputs, target.to(device), upper_bound=config.confidence_upper_bound,
-                                shared_prompts=batch["shared_prompts"])
+                                shared_prompts=batch["shared_prompts"], reproduce_reference=config.reproduce_reference)
         p_all += out.p.float().cpu().tolist()
         logp_all += out.mean_logp.float().cpu().tolist()
         has_all += out.has_answer.cpu().tolist()
@@ -118,13 +120,15 @@ def _write_scored(generated_path: Path, rows: list[dict], p: list[float], mean_l
     base = torch.tensor(breakdown.total, dtype=torch.float64)
     group_ids = torch.tensor([r["group"] for r in rows], dtype=torch.long)
     p_t = torch.tensor(p, dtype=torch.float64)
-    if config.consistency_bonus:
+    chosen = algorithm(algo)  # its estimator, and whether the bonus goes into the rewards
+    if chosen.consistency_bonus:
         bonus = consistency_bonus(torch.nan_to_num(accuracy, nan=0.0), p_t, group_ids, lam=config.bonus_weight,
-                                  margin=config.bonus_margin, reproduce_reference=config.reproduce_reference)
-        adv = compute_advantages(config.advantage, base, group_ids, bonus=bonus)
+                                  margin=config.bonus_margin, reproduce_reference=config.reproduce_reference,
+                                  prompts_per_device=config.reference_prompts_per_device)
+        adv = compute_advantages(chosen.advantage, base, group_ids, bonus=bonus)
     else:
         bonus = torch.zeros_like(base)
-        adv = compute_advantages(config.advantage, base, group_ids)
+        adv = compute_advantages(chosen.advantage, base, group_ids)
     reward = base + bonus
     ref_ckpt = state.state_id
     per_row = (time.perf_counter() - started) / max(len(rows), 1)

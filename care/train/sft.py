@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from care.algo.likelihood import token_log_probs
+from care.algo.prompt import DEFAULT_TEMPLATE, PromptTemplate, prompt_template
 from care.algo.rewards import accuracy_reward, format_reward
 from care.data.schema import Sample
 from care.errors import CareError
@@ -94,15 +95,16 @@ class PromptStore:
     """Prompt items (chat messages + cached frames) and target ids per sample id, built once and kept in memory:
     a step then costs no frame-cache read."""
 
-    def __init__(self, samples: Mapping[str, Sample], cache: FrameCache, tokenizer):
-        self.samples, self.cache, self.tokenizer = samples, cache, tokenizer
+    def __init__(self, samples: Mapping[str, Sample], cache: FrameCache, tokenizer, *,
+                 template: PromptTemplate = DEFAULT_TEMPLATE):
+        self.samples, self.cache, self.tokenizer, self.template = samples, cache, tokenizer, template
         self._prompts: dict[str, tuple[PromptItem, float | None]] = {}
         self._targets: dict[str, list[int]] = {}
 
     def prompts(self, ids: Sequence[str]) -> tuple[list[PromptItem], list[float | None]]:
         missing = [i for i in ids if i not in self._prompts]
         if missing:
-            items, rates = prompt_items([self.samples[i] for i in missing], self.cache)
+            items, rates = prompt_items([self.samples[i] for i in missing], self.cache, template=self.template)
             self._prompts.update(zip(missing, zip(items, rates, strict=True), strict=True))
         got = [self._prompts[i] for i in ids]
         return [g[0] for g in got], [g[1] for g in got]
@@ -203,7 +205,7 @@ class _Window:
 def sft_optimizer(model, config: SFTConfig):
     """(AdamW, schedule) of an SFT run, over the model's (fp32 master) parameters."""
     optimizer = make_optimizer(model, learning_rate=config.learning_rate, betas=config.betas,
-                               weight_decay=config.weight_decay)
+                               weight_decay=config.weight_decay, weight_decay_exempt=config.weight_decay_exempt)
     return optimizer, make_scheduler(optimizer, kind=config.lr_scheduler, warmup_steps=config.warmup_steps,
                                      total_steps=config.steps)
 
@@ -258,7 +260,7 @@ def run_sft(*, config: SFTConfig, sample_set: SampleSet, cache: FrameCache, run_
     samples = sft_samples(sample_set)
     ids = sorted(samples)
     model, processor, optimizer, scheduler, state = _load_start(config, ckpt_dir, device)
-    store = PromptStore(samples, cache, processor.tokenizer)
+    store = PromptStore(samples, cache, processor.tokenizer, template=prompt_template(config.prompt, "train"))
     step, resumed_from = state.step, state.step
     skipped = int(state.extra.get("skipped_steps", 0))
     check_ids = ids[:: max(len(ids) // max(config.check_prompts, 1), 1)][: config.check_prompts]

@@ -23,6 +23,9 @@ class SFTConfig(TrackingOptions):
     model: str = Field(..., description="Initial policy: a local save_pretrained folder or a hub id (GPU machines).")
     data_root: str = Field(..., description="SEED-Bench-R1-layout root (annotations/, videos/, images/).")
     annotations: str = Field("training_with_cot_6k.jsonl", description="CoT training file, relative to data_root/annotations (rows need a 'cot').")
+    prompt: Literal["care", "reference"] = Field(
+        "care", description="Prompt template of the training prompts (care.algo.prompt): 'care', or 'reference' "
+        "= the reference code's training prompt.")
     shuffle_options: bool = Field(True, description="Shuffle the 4 options per training row (seeded); false for the tiny demo model.")
     frames: FrameSampling = Field(default_factory=FrameSampling, description="Frame sampling of the frame cache to read (as preprocessed).")
     seed: int = Field(0, description="Seeds the data order and the option shuffle.")
@@ -31,6 +34,9 @@ class SFTConfig(TrackingOptions):
     learning_rate: float = Field(1e-5, gt=0, description="AdamW peak learning rate.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    weight_decay_exempt: Literal["bias_and_norm", "none"] = Field(
+        "bias_and_norm", description="Parameters AdamW does not decay: 'bias_and_norm' = biases and norm weights "
+        "(the Hugging Face Trainer's rule); 'none' = every parameter.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clip.")
     lr_scheduler: Literal["constant", "cosine"] = Field("cosine", description="Learning-rate schedule after the warm-up.")

@@ -91,9 +91,11 @@ def load_sharded_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, c
 
 
 def load_full_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
-    """AdamW state of a one-process checkpoint (tensors keyed ``<param index>.<name>``, the order of
-    ``model.parameters()``) into the optimizer of a sharded ``model``: each rank keeps its shard."""
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    """AdamW state of a one-process checkpoint (tensors keyed ``<param index>.<name>``, the parameters numbered
+    group after group, as ``optimizer.state_dict`` does) into the optimizer of a sharded ``model``, whose groups
+    are built by the same rule (``care.train.toolkit.parameter_groups``): each rank keeps its shard."""
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    names = [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
     state: dict = {}
     for key, value in tensors.items():
         pid, field = key.split(".", 1)

@@ -41,11 +41,46 @@ def to_master(model: nn.Module) -> nn.Module:
     return model.to(dtype=MASTER_DTYPE)
 
 
+# Hugging Face Trainer's rule (``Trainer.get_decay_parameter_names``): no decay for parameters of a LayerNorm
+# module or whose name contains ``bias``, ``layernorm``, ``rmsnorm``, or a path component ``norm`` / ``*_norm``
+NO_DECAY_NAME_PATTERNS = (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)")
+WEIGHT_DECAY_EXEMPT = ("bias_and_norm", "none")
+
+
+def decay_parameter_names(model: nn.Module, exempt: str = "bias_and_norm") -> set[str]:
+    """Names of the parameters AdamW decays: all of them (``exempt="none"``), or all but biases and norm weights
+    (``"bias_and_norm"``, the Hugging Face Trainer's rule, which the reference's and most peers' runs use).
+
+    Decided by parameter name and module type, so it gives the same answer on a plain, DDP or FSDP2-sharded
+    model (FSDP2 keeps the module tree and the names)."""
+    if exempt == "none":
+        return {n for n, _ in model.named_parameters()}
+    if exempt != "bias_and_norm":
+        raise ValueError(f"weight_decay_exempt={exempt!r}: expected one of {WEIGHT_DECAY_EXEMPT}")
+    from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    return set(get_parameter_names(model, ALL_LAYERNORM_LAYERS, list(NO_DECAY_NAME_PATTERNS)))
+
+
+def parameter_groups(model: nn.Module, *, weight_decay: float, exempt: str = "bias_and_norm") -> list[dict]:
+    """AdamW parameter groups of the trainable parameters, in ``named_parameters`` order within each group:
+    ``[decayed]`` with ``exempt="none"``, ``[decayed, exempt (weight_decay 0)]`` otherwise (both groups always
+    present, possibly empty, so the optimizer's state layout depends only on the setting)."""
+    decayed = decay_parameter_names(model, exempt)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in named if n in decayed], "weight_decay": weight_decay}]
+    if exempt != "none":
+        groups.append({"params": [p for n, p in named if n not in decayed], "weight_decay": 0.0})
+    return groups
+
+
 def make_optimizer(model: nn.Module, *, learning_rate: float, betas, weight_decay: float,
-                   eps: float = 1e-8) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters, in the parameters' own (master) dtype."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=learning_rate, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+                   eps: float = 1e-8, weight_decay_exempt: str = "bias_and_norm") -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters, in the parameters' own (master) dtype, decaying what
+    ``weight_decay_exempt`` leaves (``parameter_groups``)."""
+    groups = parameter_groups(model, weight_decay=weight_decay, exempt=weight_decay_exempt)
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, *, kind: str, warmup_steps: int, total_steps: int):

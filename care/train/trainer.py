@@ -92,7 +92,8 @@ def ensure_optimizer(trainer: Trainer, config: OptimConfig, total_steps: int) ->
         raise CareError(f"state {trainer.state_id}: optimiser settings changed in the middle of a run; "
                         "a run's optimiser settings are part of its config, so start a new run")
     optimizer = make_optimizer(trainer.policy, learning_rate=config.learning_rate, betas=config.betas,
-                               weight_decay=config.weight_decay, eps=config.adam_eps)
+                               weight_decay=config.weight_decay, eps=config.adam_eps,
+                               weight_decay_exempt=config.weight_decay_exempt)
     scheduler = make_scheduler(optimizer, kind=config.lr_scheduler, warmup_steps=config.warmup_steps,
                                total_steps=total_steps)
     source = trainer.source
@@ -107,6 +108,8 @@ def _load_optimizer(trainer: Trainer, optimizer, scheduler, source: Path) -> Non
     from care.train import sharded
 
     sharded_params = any(hasattr(p, "to_local") for p in trainer.policy.parameters())
+    if (source / "optimizer.json").is_file():
+        _check_groups(optimizer, json.loads((source / "optimizer.json").read_text()), source)
     if sharded.is_sharded_checkpoint(source):
         sharded.load_sharded_optimizer(trainer.policy, optimizer, source)
     elif (source / "optimizer.safetensors").is_file() and sharded_params:
@@ -117,6 +120,17 @@ def _load_optimizer(trainer: Trainer, optimizer, scheduler, source: Path) -> Non
         load_checkpoint_state(source, optimizer=optimizer, restore_rng_state=False)
     if (source / "scheduler.json").is_file():
         scheduler.load_state_dict(json.loads((source / "scheduler.json").read_text()))
+
+
+def _check_groups(optimizer, meta: dict, source: Path) -> None:
+    """The checkpoint's AdamW parameter groups have the sizes this optimizer's have (``optim.weight_decay_exempt``
+    decides them), so its moments land on the parameters they belong to."""
+    saved = [len(g["params"]) for g in meta.get("param_groups", [])]
+    here = [len(g["params"]) for g in optimizer.param_groups]
+    if saved and saved != here:
+        raise CareError(f"{source}: its optimizer has parameter groups of {saved} parameters, these settings "
+                        f"build {here}; optim.weight_decay_exempt (or the trainable parameters) differ from the run "
+                        "that wrote it")
 
 
 def training_state(trainer: Trainer, data_cursor: dict | None) -> TrainingState:
