@@ -281,7 +281,10 @@ class SyntheticFrames:
     """The frame cache's ``load`` for synthetic samples: seeded uint8 video frames and image, in memory."""
 
     def __init__(self, *, frames: int, size: int, fps: float = 2.0, seed: int = 0):
+        from care.media.sampling import FrameSampling
+
         self.frames, self.size, self.fps, self.seed = frames, size, fps, seed
+        self.sampling = FrameSampling(nframes=frames)  # what a FrameCache carries: the temporal rule among it
 
     def contains(self, sample) -> bool:
         return True
