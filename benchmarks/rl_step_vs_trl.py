@@ -173,7 +173,7 @@ def prepare(workdir: Path, *, max_new: int, nframes: int = 4, image_pixels: int 
 def load_samples(info: dict, n: int, *, video: bool):
     """The first ``n`` demo training samples; image-only unless ``video`` (then only samples with a video)."""
     from care.media.frame_cache import FrameCache
-    from care.train.samples import load_sample_set
+    from care.models.samples import load_sample_set
 
     cache = FrameCache(info["cache"], _sampling(info.get("nframes", 4), info.get("image_pixels", IMAGE_PIXELS)),
                        info["demo"])
@@ -215,7 +215,8 @@ def run_ours(info: dict, a: argparse.Namespace, meter: PhaseMeter, *, video: boo
     import torch
 
     import care.train.rollout as rollout_mod
-    from care.train.config import OptimConfig, RolloutConfig, SamplingParams, ScoringConfig
+    from care.models.rollout_config import RolloutConfig, SamplingParams
+    from care.train.config import OptimConfig, ScoringConfig
     from care.train.optimise import load_scored_batch
     from care.train.optimise_stage import optimise
     from care.train.rollout import run_rollout_stage

@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from care.store.overview import stage_seconds
+from care.eval.scoring import with_domains
+from care.store.overview import metric_values, stage_seconds
 
 STAGE_SECONDS = "stage_seconds"  # the plot's panel of seconds per stage per iteration (care.eval.plots)
 TRAINING_METRICS = {
@@ -35,7 +36,7 @@ def pipeline_table(evaluations: Mapping[str, Mapping]) -> list[dict]:
     """
     rows = []
     for point, ev in evaluations.items():
-        for m in ev["levels"]:
+        for m in with_domains(ev["levels"]):  # a level, then its per-domain records (L3/Hobbies, ...)
             a = m["accuracy"]
             row = {"checkpoint": point, "level": m["level"], "n": a["n"], "accuracy": a["accuracy"],
                    "ci_low": a["ci_low"], "ci_high": a["ci_high"]}
@@ -76,10 +77,7 @@ def training_series(con, run_ids: Mapping[str, str]) -> dict[str, dict[str, list
     series: dict[str, dict[str, list[tuple[float, float]]]] = {}
     timings = {}
     for label, run_id in run_ids.items():
-        rows = con.execute(
-            "SELECT name, step, value FROM metrics WHERE run_id = ? AND value IS NOT NULL ORDER BY step",
-            [run_id]).fetchall()
-        for name, step, value in rows:
+        for name, step, value in metric_values(con, run_id):
             if name in TRAINING_METRICS and not (name == "loss" and label != "sft"):
                 series.setdefault(TRAINING_METRICS[name], {}).setdefault(label, []).append((step, value))
         per_stage = {s: pts for s, pts in stage_seconds(con, run_id).items() if s != "sft"}

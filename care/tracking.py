@@ -116,7 +116,7 @@ def start(run_id: str, report_to: list[str], logging_dir: str | Path, config: Ma
     from accelerate import PartialState
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
-    from care.train.toolkit import default_device
+    from care.device import default_device
 
     # accelerate's trackers log through its logger, which wants the process state; the same device choice as the
     # in-process update's Accelerator, which would otherwise refuse a state made for another device

@@ -14,13 +14,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from care.eval.eval_config import EvalConfig, content_id
+from care.eval_schema import EvalConfig
+from care.identity import content_id
 from care.media.preprocess import PreprocessConfig
-from care.store import catalog, runs
+from care.store import runs
 from care.workspace import Workspace
 from flows.preprocess import preprocess
 from tasks.common import file_ready, run_stage
-from tasks.evaluate import evaluate_level, publish_results
+from tasks.evaluate import benchmark_levels, evaluate_level, publish_results
 
 
 def _print_table(title: str, cells: list[dict]) -> None:
@@ -32,15 +33,9 @@ def _print_table(title: str, cells: list[dict]) -> None:
     Console(width=160).print(table)
 
 
-def _run_kind(run_id: str, catalog_file: str) -> str | None:
-    with catalog.connect(catalog_file) as con:  # read-write: creates the tables on a fresh catalog
-        rows = con.execute("SELECT kind FROM runs WHERE run_id = ?", [run_id]).fetchall()
-    return rows[0][0] if rows else None
-
-
 @flow(name="evaluate", log_prints=True)
 def evaluate(config: EvalConfig, home: str | None = None, show_table: bool = True) -> dict:
-    """Evaluate ``config.checkpoint`` on ``config.levels``; returns the manifest (per-level records, table).
+    """Evaluate ``config.checkpoint`` on ``config.levels`` (a benchmark: its categories); returns the manifest.
 
     ``show_table`` prints the results table to stdout (``care eval --json`` turns it off to keep stdout JSON).
     """
@@ -50,18 +45,20 @@ def evaluate(config: EvalConfig, home: str | None = None, show_table: bool = Tru
     run_id, label = config.resolved_run_id(model_id), config.resolved_label()
     out_dir = str(ws.run_dir(run_id) / "eval" / label)
     # an eval run of its own (not an evaluation inside a training run), also when a killed attempt left its row
-    own_run = _run_kind(run_id, catalog_file) in (None, "eval")
+    own_run = runs.run_kind(run_id, path=catalog_file) in (None, "eval")
     with runs.recorded(run_id, kind="eval", config=config.model_dump(mode="json"), path=catalog_file,
                        own=own_run):
+        levels = benchmark_levels(config)  # a benchmark's categories when no levels are given
         preprocess(PreprocessConfig(data_root=config.data_root, sampling=config.frames, shuffle_options=False,
-                                    annotations=[config.annotation_file(level) for level in config.levels]),
+                                    annotations=[config.annotation_file(level) for level in levels],
+                                    benchmark=config.benchmark),
                    home=str(ws.root))
         manifests = [
             run_stage(evaluate_level, run_id=run_id, iteration=0, stage=f"eval:{label}:{level}",
                       output_ready=file_ready(f"{out_dir}/{level}.parquet"), catalog_file=catalog_file,
                       config=config, level=level, checkpoint_id=model_id, cache_root=str(ws.frame_cache_dir),
                       out_dir=out_dir)
-            for level in config.levels
+            for level in levels
         ]
         published = publish_results(manifests, config.confidence, str(ws.runs_dir), catalog_file)
     hits = [m["level"] for m in manifests if m["cache_hit"]]

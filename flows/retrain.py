@@ -12,19 +12,13 @@ from __future__ import annotations
 
 from prefect import flow
 
-from care.store import catalog
+from care.store import media
 from care.train.checkpoint import latest_complete
 from care.train.retrain import RetrainConfig
 from care.workspace import Workspace
 from flows.evaluate import evaluate
 from flows.preprocess import preprocess
 from flows.rl import rl
-
-
-def _decoded_now(preprocess_run: str, catalog_file: str) -> int:
-    """Files the preprocess run really decoded: unchanged shards are skipped and cached files are hits."""
-    sql = "SELECT count(*) FROM videos WHERE run_id = ? AND status = 'ok' AND NOT cache_hit"
-    return catalog.query(sql, [preprocess_run], path=catalog_file)[0][0]
 
 
 @flow(name="retrain", log_prints=True)
@@ -36,7 +30,7 @@ def retrain(config: RetrainConfig, home: str | None = None) -> dict:
     done = found[0] if found else 0
     print(f"retrain {run_id}: continuing after iteration {done} for {config.rl.iterations} more")
     prepared = preprocess(config.preprocess_config(), home=str(ws.root), dask_address=config.dask_address)
-    decoded = _decoded_now(prepared["run_id"], str(ws.catalog_path))
+    decoded = media.decoded_count(prepared["run_id"], path=ws.catalog_path)
     print(f"retrain {run_id}: {prepared['samples']} training samples, {prepared['media']} media files "
           f"({decoded} decoded now, the rest from the frame cache)")
     trained = rl(config.round_rl_config(done), home=str(ws.root))

@@ -18,6 +18,7 @@ import time
 from prefect import flow
 
 from care import tracking
+from care.models.samples import DataSpec
 from care.models.vllm_backend import close_engines
 from care.store import runs
 from care.train import gang
@@ -25,7 +26,6 @@ from care.train.checkpoint import iteration_checkpoint_name, latest_complete
 from care.train.config import RLConfig
 from care.train.data_order import cursor_after
 from care.train.iteration import iteration_batch, replay_spec
-from care.train.samples import DataSpec
 from care.train.state import PolicyState, of_checkpoint
 from care.workspace import Workspace
 from flows.evaluate import evaluate

@@ -9,8 +9,8 @@ from __future__ import annotations
 from prefect import flow
 
 from care import tracking
+from care.models.samples import DataSpec
 from care.store import runs
-from care.train.samples import DataSpec
 from care.train.sft import CHECKPOINT_PREFIX, checkpoint_name
 from care.train.sft_config import SFTConfig
 from care.workspace import Workspace

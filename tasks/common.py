@@ -14,9 +14,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,18 +22,15 @@ from typing import Any
 
 from prefect import Task
 
+from care import identity
 from care.store import catalog, runs
 
 JSON_RESULTS = {"persist_result": True, "result_serializer": "json"}
 
 
 def stage_key(*parts: Any) -> str:
-    """A stable hash of the stage's inputs (pydantic models are dumped as JSON)."""
-    def norm(x: Any) -> Any:
-        return x.model_dump(mode="json") if hasattr(x, "model_dump") else x
-
-    blob = json.dumps([norm(p) for p in parts], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    """A stable hash of the stage's inputs (pydantic models are dumped as JSON; ``care.identity.digest``)."""
+    return identity.digest(list(parts))
 
 
 def is_transient(task, task_run, state) -> bool:

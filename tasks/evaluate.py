@@ -16,15 +16,32 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from care.eval.eval_config import LIKELIHOOD_POLICY, LIKELIHOOD_REFERENCE, EvalConfig, content_id
+from care.data.benchmarks import get_benchmark, load_levels
 from care.eval.evaluate import overall_record, results_rows, run_eval_level
+from care.eval.scoring import with_domains
+from care.eval_schema import LIKELIHOOD_POLICY, LIKELIHOOD_REFERENCE, EvalConfig
+from care.identity import content_id
 from care.store import evals
 from tasks.common import JSON_RESULTS, attempts, is_transient, stage_key
 
 
 def annotation_sha(config: EvalConfig, level: str) -> str:
+    if config.benchmark:  # every file the benchmark's adapter reads
+        digest = hashlib.sha256()
+        for path in get_benchmark(config.benchmark).annotation_files(Path(config.data_root)):
+            digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+        return digest.hexdigest()
     path = Path(config.data_root) / "annotations" / config.annotation_file(level)
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+
+
+@task(name="benchmark-levels", retries=1, retry_delay_seconds=1, retry_condition_fn=is_transient)
+def benchmark_levels(config: EvalConfig) -> list[str]:
+    """The levels to evaluate: ``config.levels``, or for a benchmark without them every category its data has
+    (in first-seen order)."""
+    if config.levels or not config.benchmark:
+        return list(config.levels)
+    return list(dict.fromkeys(s.split for s in load_levels(config.benchmark, config.data_root).samples))
 
 
 def _likelihood_id(config: EvalConfig) -> str:
@@ -52,9 +69,12 @@ def evaluate_level(run_id: str, iteration: int, config: EvalConfig, level: str, 
 
 
 def _level_rows(record: dict, path: str | None = None) -> list[tuple]:
-    return evals.result_rows(run_id=record["run_id"], checkpoint_id=record["checkpoint_id"], label=record["label"],
-                             checkpoint=record["checkpoint"], accuracy=record["accuracy"],
-                             consistency=record["consistency"], predictions_path=record.get("path", path))
+    """The level's rows, then those of its per-domain records (level ``L3/Hobbies``, ...) when it has any."""
+    return [row for r in with_domains([record])
+            for row in evals.result_rows(run_id=record["run_id"], checkpoint_id=record["checkpoint_id"],
+                                         label=record["label"], checkpoint=record["checkpoint"],
+                                         accuracy=r["accuracy"], consistency=r["consistency"],
+                                         predictions_path=record.get("path", path))]
 
 
 def artifact_key(*parts: str) -> str:
@@ -106,7 +126,7 @@ def publish_results(manifests: list[dict], confidence: float, runs_dir: str, cat
                               consistency=overall["consistency"])
     evals.record_eval_results(rows, path=catalog_file)
     evals.refresh_eval_predictions_view(runs_dir, path=catalog_file)
-    results = results_rows([*manifests, overall])
+    results = results_rows([*with_domains(manifests), overall])
     cells = table_records(results)
     key = artifact_key("eval", first["run_id"], first["label"])
     create_table_artifact(table=cells, key=key, description=f"Accuracy and consistency per level: {first['label']}")

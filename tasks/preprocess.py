@@ -13,6 +13,7 @@ from prefect import get_run_logger, task
 from tqdm import tqdm
 
 from care.data.annotations import load_annotations
+from care.data.benchmarks import load_levels
 from care.media.frame_cache import FrameCache
 from care.media.preprocess import PreprocessConfig, resolve_annotation, sample_media, shard_fingerprint
 from care.media.sampling import FrameSampling
@@ -26,7 +27,11 @@ def validate_annotations(config: PreprocessConfig, run_id: str, catalog_file: st
     """Load and validate each annotation file; record rejects in the catalog; return a small manifest."""
     logger = get_run_logger()
     samples, rejects = [], []
-    for name in config.annotations:
+    if config.benchmark:  # one published layout, read once; its levels picked from it
+        loaded = load_levels(config.benchmark, config.data_root, config.annotations)
+        samples, rejects = loaded.samples, loaded.rejects
+        logger.info("%s: %d samples, %d rows rejected", config.benchmark, len(samples), len(rejects))
+    for name in [] if config.benchmark else config.annotations:
         path = resolve_annotation(name, config.data_root)
         loaded = load_annotations(path, config.data_root, seed=config.seed, shuffle_options=config.shuffle_options)
         samples += loaded.samples

@@ -11,14 +11,15 @@ from pathlib import Path
 
 from prefect import task
 
+from care.models.rollout_config import RolloutConfig
+from care.models.samples import DataSpec
 from care.store import runs
 from care.store.rollout_log import GENERATED_FILE, iteration_dir
 from care.train.checkpoint import is_complete, make_initial_checkpoint, read_training_state
-from care.train.config import RolloutConfig, ScoringConfig
+from care.train.config import ScoringConfig
 from care.train.memory import Peak, measured_here
 from care.train.optimise_stage import run_optimisation_stage, wait_for_checkpoints
 from care.train.rollout import run_rollout_stage
-from care.train.samples import DataSpec
 from care.train.scoring import run_scoring_stage
 from care.train.state import PolicyState, as_state, file_sha
 from tasks.common import JSON_RESULTS, attempts, is_transient, records, stage_key

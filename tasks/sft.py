@@ -14,9 +14,9 @@ from pathlib import Path
 
 from prefect import task
 
+from care.models.samples import DataSpec
 from care.store import runs
 from care.tracking import TRACKING_FIELDS
-from care.train.samples import DataSpec
 from care.train.sft import run_sft
 from care.train.sft_config import SFTConfig
 from tasks.common import JSON_RESULTS, attempts, is_transient, stage_key

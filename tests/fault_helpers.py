@@ -8,6 +8,8 @@
   module (``PREFECT_API_URL``), so each process skips the private server's start-up; the private server itself
   is tested in ``test_faults_orphans.py``.
 - ``small_benchmark``: a demo set of a few rows and the tiny model trained on its text, for fast flows.
+- ``pipeline_setup``, ``run_setup``: a fault module's ``setup`` fixture (benchmark, config, shared server) and
+  ``care run`` against it.
 - ``checkpoint_tensors``, ``catalog_tables``: what crash tests compare between a crashed and a clean run.
 """
 
@@ -17,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import duckdb
@@ -102,6 +105,23 @@ def small_benchmark(out: Path, *, train: int = 16, val: int = 4) -> tuple[Path, 
     data_root = make_demo_benchmark(out / "data", train=train, val=val, seed=0)
     model = make_tiny_model(out / "model", corpus=benchmark_corpus(data_root) + demo_corpus(), seed=0)
     return Path(data_root), Path(model)
+
+
+def pipeline_setup(root: Path, make_config: Callable[[Path, Path, Path], Path]) -> Iterator[dict]:
+    """The body of a fault module's module-scoped ``setup`` fixture (``yield from``): a ``small_benchmark`` under
+    ``root``, the pipeline config ``make_config(path, data_root, model)`` writes, and a ``PrefectServer``, stopped
+    at teardown. Yields ``{"root", "config", "server"}``."""
+    data_root, model = small_benchmark(root / "bench")
+    server = PrefectServer(root / "prefect")
+    try:
+        yield {"root": root, "config": make_config(root / "pipeline.yaml", data_root, model), "server": server}
+    finally:
+        server.stop()
+
+
+def run_setup(setup: dict, home: Path, failpoint: str | None = None) -> subprocess.CompletedProcess:
+    """``run_pipeline`` on workspace ``home`` with a ``pipeline_setup``'s server and config."""
+    return run_pipeline(setup["server"], home, setup["config"], failpoint)
 
 
 def checkpoint_tensors(folder: Path) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ from care.data.annotations import load_annotations
 from care.data.schema import Sample
 from care.media.frame_cache import FrameCache
 from care.media.sampling import FrameSampling
-from care.train.samples import DataSpec
+from care.models.samples import DataSpec
 
 SAMPLING = FrameSampling(nframes=4)
 

@@ -172,3 +172,20 @@ def test_cli_demo_and_validate(tmp_path, capsys):
         main(["data", "validate", str(tmp_path / "nothing")])
     assert exc.value.code == 2
     assert "no annotation file found" in capsys.readouterr().err
+
+
+def test_l2_is_the_garden_with_the_rooms_marker_shades_in_every_other_row(demo_root):
+    """The near half keeps what the tiny model carries over (the room's shades and layout), the far half is the
+    full garden (docs/demo.md, "L2 is learnable in part"); both have the garden's background and agent."""
+    import json
+
+    from care.data.demo import level_environment
+    from care.data.demo_world import ENVIRONMENTS
+
+    room, garden = ENVIRONMENTS["room"], ENVIRONMENTS["garden"]
+    near, far = level_environment("L2", 0), level_environment("L2", 1)
+    assert (near.background, near.agent) == (far.background, far.agent) == (garden.background, garden.agent)
+    assert (near.palette, near.layout, near.grid) == (room.palette, room.layout, room.grid)
+    assert far == garden and level_environment("L1", 0) == room
+    rows = [json.loads(line) for line in (demo_root / "annotations" / "validation_L2.jsonl").read_text().splitlines()]
+    assert [r["demo"]["env"] for r in rows[:4]] == ["garden_near", "garden", "garden_near", "garden"]

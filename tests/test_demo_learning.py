@@ -22,9 +22,9 @@ from care.media.frame_cache import FrameCache
 from care.media.preprocess import distinct_media
 from care.media.workers import cache_many
 from care.models.loading import load_model, load_processor
+from care.models.samples import DataSpec
 from care.models.tiny import make_tiny_model
 from care.pipeline import PipelineConfig
-from care.train.samples import DataSpec
 from care.train.sft import PromptStore, run_sft, sampled_check
 
 STEPS = 1000
@@ -72,3 +72,8 @@ def test_standalone_sft_demo_config_matches_the_pipeline():
     pipeline = yaml.safe_load(default_config_path().read_text())["sft"]
     standalone = yaml.safe_load((default_config_path().parent / "sft_demo.yaml").read_text())
     assert {k: standalone.get(k) for k in pipeline} == pipeline
+    # and reads the frame cache the pipeline preprocessed: the same sampling, not the paper's larger defaults
+    from care.media import FrameSampling
+
+    demo_frames = yaml.safe_load(default_config_path().read_text())["frames"]
+    assert FrameSampling(**standalone["frames"]) == FrameSampling(**demo_frames)

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from care.eval.eval_config import EvalConfig
+from care.eval_schema import EvalConfig
 from care.media.preprocess import PreprocessConfig
 from care.media.synth import write_video
 from care.pipeline import PipelineConfig

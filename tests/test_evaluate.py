@@ -9,7 +9,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from care.data.annotations import load_annotations
-from care.eval.eval_config import EvalConfig, content_id, model_path, owning_run
 from care.eval.evaluate import (
     Generated,
     answer_likelihoods,
@@ -18,13 +17,15 @@ from care.eval.evaluate import (
     results_rows,
     score_level,
 )
-from care.eval.judge_config import JudgeConfig, make_judge
+from care.eval.judge_config import make_judge
 from care.eval.judges import RuleJudge
+from care.eval_schema import EvalConfig, JudgeConfig
+from care.identity import content_id, model_path, owning_run
 from care.media.sampling import FrameSampling
 from care.models.loading import load_model, load_processor
+from care.models.samples import prompt_items
 from care.store import catalog, evals
 from care.train.checkpoint import make_initial_checkpoint
-from care.train.samples import prompt_items
 from care.workspace import Workspace
 from tests.rl_helpers import cache_demo
 
@@ -170,6 +171,16 @@ def test_config_errors_name_the_field(demo_root):
     with pytest.raises(ConfigError, match="likelihood_model"):
         validate_config(EvalConfig, {**base, "judges": [{"name": "reference_likelihood", "reference": "ema"}]})
     assert EvalConfig(**base).frames.nframes == 16 and EvalConfig(**base).decoding.top_k == 0
+
+
+def test_a_dumped_config_loads_back_as_a_deployment_parameter_does():
+    # a deployment's parameters travel as JSON and are validated again; the judges' unset reference must not turn
+    # into an explicit one that then disagrees with likelihood_model (it did: 'ema' against 'policy')
+    for likelihood_model in ("policy", "reference"):
+        config = EvalConfig(checkpoint="m", data_root="d", likelihood_model=likelihood_model)
+        again = EvalConfig.model_validate(config.model_dump(mode="json"))
+        assert again == config
+        assert [j.reference for j in again.judge_configs() if j.name == "reference_likelihood"] == [likelihood_model]
 
 
 def test_flow_run_then_rerun_is_all_cache_hits(prefect_harness, care_home, demo_root, tiny_model_dir, capsys):

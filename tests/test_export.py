@@ -11,10 +11,11 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from care.errors import CareError
+from care.models.rollout_config import RolloutConfig, SamplingParams
 from care.store.rollout_log import SCORED_SCHEMA, read_rows, write_rows_atomic
 from care.train import warm
 from care.train.checkpoint import make_initial_checkpoint
-from care.train.config import OptimConfig, RolloutConfig, SamplingParams, ScoringConfig
+from care.train.config import OptimConfig, ScoringConfig
 from care.train.export import EXPORT_FILE, export_checkpoint, resolve_checkpoint
 from care.train.optimise_stage import run_optimisation_stage
 from care.train.rollout import run_rollout_stage

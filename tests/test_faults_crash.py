@@ -26,12 +26,11 @@ import yaml
 from care.media.cache import read_entry
 from care.train.checkpoint import is_complete, latest_complete
 from tests.fault_helpers import (
-    PrefectServer,
     assert_same_tensors,
     catalog_tables,
     checkpoint_tensors,
-    run_pipeline,
-    small_benchmark,
+    pipeline_setup,
+    run_setup,
 )
 
 pytestmark = pytest.mark.faults
@@ -60,15 +59,7 @@ def _config(path: Path, data_root: Path, model: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults")
-    data_root, model = small_benchmark(root / "bench")
-    server = PrefectServer(root / "prefect")
-    yield {"root": root, "config": _config(root / "pipeline.yaml", data_root, model), "server": server}
-    server.stop()
-
-
-def _run(setup, home: Path, failpoint: str | None = None):
-    return run_pipeline(setup["server"], home, setup["config"], failpoint)
+    yield from pipeline_setup(tmp_path_factory.mktemp("faults"), _config)
 
 
 def _only(pattern: str, home: Path) -> Path:
@@ -145,14 +136,14 @@ KILLS = [("preprocess@3", _after_preprocess), ("evaluation", _after_evaluation),
 @pytest.fixture(scope="module")
 def runs(setup):
     clean = setup["root"] / "clean"
-    proc = _run(setup, clean)
+    proc = run_setup(setup, clean)
     assert proc.returncode == 0, proc.stderr[-3000:]
     crashed = setup["root"] / "crashed"
     for point, where in KILLS:
-        proc = _run(setup, crashed, point)
+        proc = run_setup(setup, crashed, point)
         assert proc.returncode == -9, f"{point}: expected SIGKILL, got {proc.returncode}\n{proc.stderr[-3000:]}"
         where(crashed)
-    proc = _run(setup, crashed)
+    proc = run_setup(setup, crashed)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return clean, crashed
 

@@ -17,11 +17,10 @@ import yaml
 
 from care.train.gang import CONTROL_ENV
 from tests.fault_helpers import (
-    PrefectServer,
     assert_same_tensors,
     checkpoint_tensors,
-    run_pipeline,
-    small_benchmark,
+    pipeline_setup,
+    run_setup,
 )
 
 pytestmark = pytest.mark.faults
@@ -52,15 +51,7 @@ def _gang_processes() -> list[psutil.Process]:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gang_faults")
-    data_root, model = small_benchmark(root / "bench")
-    server = PrefectServer(root / "prefect")
-    yield {"root": root, "config": _config(root / "pipeline.yaml", data_root, model), "server": server}
-    server.stop()
-
-
-def _run(setup, home: Path, failpoint: str | None = None):
-    return run_pipeline(setup["server"], home, setup["config"], failpoint)
+    yield from pipeline_setup(tmp_path_factory.mktemp("gang_faults"), _config)
 
 
 def _final(home: Path) -> Path:
@@ -72,19 +63,19 @@ def _final(home: Path) -> Path:
 def test_sigkill_of_a_follower_rank_then_resume_equals_an_uninterrupted_run(setup):
     assert not _gang_processes()
     clean = setup["root"] / "clean"
-    proc = _run(setup, clean)
+    proc = run_setup(setup, clean)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not _gang_processes()  # the end of the flow stopped the gang
 
     crashed = setup["root"] / "crashed"
-    proc = _run(setup, crashed, failpoint="gang-rank1@1")
+    proc = run_setup(setup, crashed, failpoint="gang-rank1@1")
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "rank 1 (pid" in output and "died" in output, output[-3000:]
     assert not _gang_processes(), "ranks outlived the failed run"
     assert not list(crashed.glob("runs/*/checkpoints/iter-00002"))  # killed before any checkpoint after iter-0
 
-    proc = _run(setup, crashed)
+    proc = run_setup(setup, crashed)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not _gang_processes()
     assert_same_tensors(checkpoint_tensors(_final(clean)), checkpoint_tensors(_final(crashed)))

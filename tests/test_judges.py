@@ -8,7 +8,7 @@ import pytest
 
 from care.config import ConfigError, validate_config
 from care.eval.consistency import consistency_by_level, summarize_consistency
-from care.eval.judge_config import JudgeConfig, make_judge
+from care.eval.judge_config import make_judge
 from care.eval.judges import (
     ConsistencyJudge,
     JudgeItem,
@@ -18,6 +18,7 @@ from care.eval.judges import (
     judge_label,
 )
 from care.eval.reasoning import answer_letter, option_keys, option_mentions
+from care.eval_schema import JudgeConfig
 
 DEMO = ("pick up the red marker", "pick up the green marker", "pick up the purple marker", "pick up the blue marker")
 

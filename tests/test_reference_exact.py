@@ -254,9 +254,9 @@ STAGE_COMPLETIONS = [  # {g} = the gold letter, {w} = a wrong one
 def test_scoring_stage_reproduces_the_reference(tmp_path, demo_root, tiny_model_dir):
     """The scoring stage in reference mode on hand-written rollouts of 2 prompts: likelihoods from the
     reference's mask and mean under the checkpoint's reference model, bonus from its per-device block."""
+    from care.models.samples import shared_prompt_items
     from care.store.rollout_log import GENERATED_FILE, GENERATED_SCHEMA, write_rows_atomic
     from care.train.checkpoint import make_initial_checkpoint
-    from care.train.samples import shared_prompt_items
     from care.train.scoring import run_scoring_stage
     from tests.rl_helpers import cache_demo
 

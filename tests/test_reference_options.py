@@ -138,9 +138,9 @@ def test_reference_eos_stops_on_endoftext_too(tiny):
 
 def test_rollout_and_vllm_requests_stop_on_the_configured_tokens(tmp_path, monkeypatch, demo_root, tiny_model_dir):
     import care.train.rollout as rollout
+    from care.models.rollout_config import RolloutConfig
     from care.models.vllm_backend import build_requests
     from care.train.checkpoint import make_initial_checkpoint
-    from care.train.config import RolloutConfig
     from tests.rl_helpers import cache_demo
 
     data = cache_demo(tmp_path / "home", demo_root)
@@ -209,7 +209,7 @@ def test_reference_templates_reproduce_the_official_text(question):
 
 def test_templates_are_registered_once_and_found_by_id():
     ids = [t.template_id for t in TEMPLATES.values()]
-    assert len(ids) == len(set(ids)) == 3
+    assert len(ids) == len(set(ids)) == 7  # care, reference train + eval, 4 transfer benchmarks
     for t in TEMPLATES.values():
         assert template_by_id(t.template_id) is t
     assert prompt_template() is DEFAULT_TEMPLATE and DEFAULT_TEMPLATE.template_id == "care@seedbench-r1-v1"
@@ -220,9 +220,9 @@ def test_templates_are_registered_once_and_found_by_id():
 
 
 def test_prompt_option_is_part_of_the_run_and_the_stage_keys():
-    from care.eval.eval_config import EvalConfig
-    from care.train.config import RolloutConfig
-    from care.train.samples import DataSpec
+    from care.eval_schema import EvalConfig
+    from care.models.rollout_config import RolloutConfig
+    from care.models.samples import DataSpec
     from care.train.state import PolicyState
     from tasks.rl import _rollout_key
 
@@ -241,9 +241,10 @@ def test_rollout_rows_record_the_template_and_scoring_and_update_rebuild_it(tmp_
                                                                            tiny_model_dir):
     import care.train.optimise as optimise
     import care.train.scoring as scoring
+    from care.models.rollout_config import RolloutConfig
     from care.store.rollout_log import read_rows
     from care.train.checkpoint import make_initial_checkpoint
-    from care.train.config import OptimConfig, RolloutConfig, ScoringConfig
+    from care.train.config import OptimConfig, ScoringConfig
     from care.train.optimise_stage import run_optimisation_stage
     from care.train.rollout import run_rollout_stage
     from tests.rl_helpers import cache_demo
@@ -292,8 +293,8 @@ def test_the_planner_sizes_the_configured_prompt(tiny_model_dir):
 def test_eval_rows_and_results_record_the_prompt_template(tmp_path):
     import duckdb
 
-    from care.eval.eval_config import EvalConfig
     from care.eval.evaluate import eval_context, overall_record
+    from care.eval_schema import EvalConfig
     from care.store import catalog, evals
 
     config = EvalConfig(checkpoint="c", data_root="d", prompt="reference")
@@ -351,7 +352,7 @@ def test_frames_temporal_reaches_the_prompts_and_the_run_id_not_the_cache(tmp_pa
     from care.media.cache import cache_key
     from care.media.preprocess import shard_fingerprint
     from care.media.sampling import FrameSampling
-    from care.train.samples import prompt_items
+    from care.models.samples import prompt_items
     from tests.rl_helpers import SAMPLING, cache_demo
 
     data = cache_demo(tmp_path / "home", demo_root)
@@ -375,8 +376,8 @@ def test_frames_temporal_reaches_the_prompts_and_the_run_id_not_the_cache(tmp_pa
 
 
 def test_vllm_requests_carry_the_fixed_temporal_rate(tiny):
+    from care.models.rollout_config import RolloutConfig
     from care.models.vllm_backend import build_requests
-    from care.train.config import RolloutConfig
 
     _, processor = tiny
     video = np.random.default_rng(0).integers(0, 256, (4, 56, 56, 3), dtype=np.uint8)
@@ -392,7 +393,7 @@ def test_vllm_requests_carry_the_fixed_temporal_rate(tiny):
 
 
 def test_eval_frame_count_fps_samples_short_clips_as_the_reference(tmp_path):
-    from care.eval.eval_config import EvalConfig
+    from care.eval_schema import EvalConfig
     from care.media.decode import decode_video
     from care.media.synth import write_video
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from care.models.rollout_config import RolloutConfig, SamplingParams
 from care.store.rollout_log import SCORED_FILE, SCORED_SCHEMA, read_rows, write_rows_atomic
 from care.train.checkpoint import is_complete, make_initial_checkpoint, read_training_state
-from care.train.config import OptimConfig, RolloutConfig, SamplingParams, ScoringConfig
+from care.train.config import OptimConfig, ScoringConfig
 from care.train.optimise_stage import run_optimisation_stage
 from care.train.rollout import run_rollout_stage
 from care.train.scoring import run_scoring_stage

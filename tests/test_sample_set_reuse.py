@@ -11,7 +11,7 @@ import pytest
 
 from care.errors import CareError
 from care.media.synth import write_video
-from care.train.samples import load_sample_set
+from care.models.samples import load_sample_set
 from tests.rl_helpers import cache_demo
 
 

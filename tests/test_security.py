@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from care.eval.judges import JudgeItem, judge_label
-from care.eval.llm_judge import LLMJudge, LLMJudgeConfig
+from care.eval.llm_judge import LLMJudge
+from care.eval_schema import LLMJudgeConfig
 from care.store import catalog
 from care.workspace import Workspace
 from tests.cli_helpers import care_in_process as _care

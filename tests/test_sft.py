@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from care.models.loading import load_model, load_processor
+from care.models.samples import DataSpec
 from care.store import catalog
 from care.train.checkpoint import is_complete, read_training_state
-from care.train.samples import DataSpec
 from care.train.sft import (
     PromptStore,
     run_sft,

@@ -13,10 +13,10 @@ import yaml
 
 from care import tracking
 from care.config import ConfigError, validate_config
+from care.models.samples import DataSpec
 from care.store import runs
 from care.train.config import RLConfig
 from care.train.memory import Peak
-from care.train.samples import DataSpec
 from care.train.sft import run_sft
 from care.train.sft_config import SFTConfig
 from tests.rl_helpers import SAMPLING, cache_demo

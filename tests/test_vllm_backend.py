@@ -26,6 +26,8 @@ import pytest
 
 from care.models import vllm_worker
 from care.models.loading import load_processor, suppressed_token_ids
+from care.models.rollout_config import RolloutConfig
+from care.models.samples import prompt_items
 from care.models.vllm_backend import (
     VllmBackendError,
     build_requests,
@@ -36,10 +38,8 @@ from care.models.vllm_backend import (
 )
 from care.store.rollout_log import GENERATED_SCHEMA
 from care.train.checkpoint import make_initial_checkpoint
-from care.train.config import RolloutConfig
 from care.train.policy_io import load_policy, policy_path
 from care.train.rollout import behaviour_logprobs, run_rollout_stage, shard_from_completions
-from care.train.samples import prompt_items
 from tests.rl_helpers import cached_samples
 
 WORKER_FILE = Path(vllm_worker.__file__)

@@ -41,6 +41,8 @@ import pytest
 from care.data.demo import benchmark_corpus, demo_corpus
 from care.models.inputs import PromptItem
 from care.models.loading import load_processor
+from care.models.rollout_config import RolloutConfig
+from care.models.samples import prompt_items
 from care.models.tiny import TINY_VARIANTS, make_tiny_model
 from care.models.vllm_backend import (
     ENGINE_DIR,
@@ -56,10 +58,8 @@ from care.models.vllm_backend import (
 )
 from care.store.rollout_log import GENERATED_SCHEMA
 from care.train.checkpoint import make_initial_checkpoint
-from care.train.config import RolloutConfig
 from care.train.policy_io import policy_path
 from care.train.rollout import run_rollout_stage
-from care.train.samples import prompt_items
 from tests.rl_helpers import cached_samples
 
 REPO = Path(__file__).resolve().parent.parent

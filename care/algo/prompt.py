@@ -10,6 +10,12 @@ template per purpose (``prompt_template(name, purpose)``, purpose ``train`` or `
   single-letter request. Its training (``src/r1-v/src/open_r1/grpo.py``) and evaluation
   (``src/eval_bench.py``) wordings differ: training asks for reasoning "between the <think> </think> tags",
   evaluation "between the <think> and </think> tags" (the same for the answer tags).
+* one per transfer benchmark (``mvbench``, ``videomme``, ``mmvu``, ``vsibench``;
+  ``care.data.benchmarks``), evaluation only: the
+  reference code's general-video evaluation prompt (``src/eval_bench.py``, ``general_video_bench`` mode), whose
+  text for a multiple-choice row is the ``reference`` evaluation text (question, ``"Options:"``, one ``"A. ..."``
+  line per option, the instruction and the single-letter request). Each benchmark has its own entry so every
+  result row names the benchmark whose prompt built it, and a benchmark's wording can change on its own.
 
 Never edit a registered template: add a new version. The template id (``name@version``) is recorded with every
 rollout and evaluation row, and the scoring and update stages rebuild each rollout's prompt from it, so numbers
@@ -32,9 +38,14 @@ INSTRUCTION = (
 
 PROMPT_TEMPLATE = "{question}\nOptions:\n{options}" + INSTRUCTION
 
-OPTION_LETTERS = ("A", "B", "C", "D")
+OPTION_LETTERS = tuple("ABCDEFGHIJ")
+"""Option letters; SEED-Bench-R1 rows have four options, transfer benchmarks up to ten."""
 
-PromptName = Literal["care", "reference"]
+TRANSFER_BENCHMARKS = ("mvbench", "videomme", "mmvu", "vsibench")
+"""Transfer benchmarks with an evaluation template of their own (``care.data.benchmarks`` reads them)."""
+TRANSFER_VERSION = "b0628fc-general-eval"
+
+PromptName = Literal["care", "reference"]  # for evaluation also a TRANSFER_BENCHMARKS name
 Purpose = Literal["train", "eval"]
 
 _REFERENCE_THINKING = (
@@ -83,12 +94,17 @@ TEMPLATES: dict[tuple[str, str], PromptTemplate] = {
         # eval_bench.py lines 16-48: the same layout with the evaluation wording
         PromptTemplate("reference", "b0628fc-eval", "{question}Options:\n{options}\n" + _REFERENCE_EVAL,
                        strip_question=False),
+        # eval_bench.py, general_video_bench: problem + "Options:\n" + each "A. ..." option + "\n", then
+        # QUESTION_TEMPLATE and TYPE_TEMPLATE["multiple choice"]: the reference evaluation text
+        *(PromptTemplate(name, TRANSFER_VERSION, "{question}Options:\n{options}\n" + _REFERENCE_EVAL,
+                         strip_question=False) for name in TRANSFER_BENCHMARKS),
     )
 }
 
 CURRENT: dict[tuple[str, str], str] = {
     ("care", "train"): PROMPT_VERSION, ("care", "eval"): PROMPT_VERSION,
     ("reference", "train"): "b0628fc-train", ("reference", "eval"): "b0628fc-eval",
+    **{(name, "eval"): TRANSFER_VERSION for name in TRANSFER_BENCHMARKS},
 }
 """(name, purpose) -> the version a new run or evaluation uses."""
 

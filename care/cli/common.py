@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import typer
 
 from care.config import ConfigError, deep_merge, load_config, parse_overrides
-from care.store import catalog
+from care.store import runs
 from care.workspace import Workspace
 
 M = TypeVar("M")
@@ -60,9 +60,10 @@ def training_config(model_cls: type[M], kind: str, *, config: Path | None, overr
 
 
 def _stored_config(run_id: str, kind: str, catalog_file: Path) -> dict:
-    rows = catalog.query("SELECT config, kind FROM runs WHERE run_id = ?", [run_id], path=catalog_file)
-    if not rows:
+    stored = runs.stored_config(run_id, path=catalog_file)
+    if stored is None:
         raise ConfigError(f"run {run_id!r} not found in {catalog_file}; `care runs` lists the runs")
-    if rows[0][1] != kind:
-        raise ConfigError(f"run {run_id!r} is a {rows[0][1]} run, not an {kind} run")
-    return json.loads(rows[0][0])
+    stored_kind, config = stored
+    if stored_kind != kind:
+        raise ConfigError(f"run {run_id!r} is a {stored_kind} run, not an {kind} run")
+    return config

@@ -1,4 +1,5 @@
-"""``care eval``: evaluate a checkpoint on the validation levels (the ``evaluate`` flow)."""
+"""``care eval``: evaluate a checkpoint on the validation levels, or on a transfer benchmark (the ``evaluate``
+flow)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import typer
 from care.cli.common import state
 from care.cli.runtime import prefect_env
 from care.config import load_config, parse_overrides
-from care.eval.eval_config import LIKELIHOOD_POLICY, LIKELIHOOD_REFERENCE, EvalConfig
+from care.data.benchmarks import get_benchmark
+from care.errors import CareError
+from care.eval_schema import LIKELIHOOD_POLICY, LIKELIHOOD_REFERENCE, EvalConfig
 
 
 def absolute_paths(config: EvalConfig) -> EvalConfig:
@@ -37,10 +40,26 @@ def _json_safe(value):
     return value
 
 
+def _benchmark_options(given: dict, benchmark: str, from_file: bool) -> None:
+    """Check the benchmark name; default its data root to data/<name> (unless a config file sets one) and check
+    that the root holds it, so a missing download is a one-line message before any flow starts."""
+    spec = get_benchmark(benchmark)
+    given["benchmark"] = benchmark
+    if "data_root" not in given and not from_file:
+        given["data_root"] = str(Path("data") / benchmark)
+    if "data_root" in given:
+        spec.check_root(given["data_root"])
+
+
 def eval_command(
     ctx: typer.Context,
+    checkpoint_arg: str = typer.Argument(None, metavar="CHECKPOINT", show_default=False,
+                                         help="What to evaluate (the same as --checkpoint)."),
     checkpoint: str = typer.Option(None, "--checkpoint", "-k",
                                    help="Checkpoint folder (with policy/), model folder or hub id."),
+    benchmark: str = typer.Option(None, "--benchmark", "-b",
+                                  help="A transfer benchmark (mvbench, videomme, mmvu, vsibench) in its published layout under "
+                                  "--data-root (default data/<name>); levels are then its categories."),
     levels: str = typer.Option(None, "--levels", "-l", help="Comma-separated levels, e.g. L1,L2,L3 (default all three)."),
     data_root: str = typer.Option(None, "--data-root", "-d", help="Dataset root (default: the config's)."),
     label: str = typer.Option(None, "--label", help="Name of this evaluation in the run (e.g. after-rl)."),
@@ -50,11 +69,16 @@ def eval_command(
     """Evaluate a checkpoint: near-greedy answers per level, accuracy with Wilson CIs, consistency per judge."""
     st = state(ctx)
     given = parse_overrides(overrides)
+    if checkpoint_arg and checkpoint and checkpoint_arg != checkpoint:
+        raise CareError(f"two checkpoints given ({checkpoint_arg} and --checkpoint {checkpoint}); give one")
+    checkpoint = checkpoint or checkpoint_arg
     for key, value in (("checkpoint", checkpoint), ("data_root", data_root), ("label", label)):
         if value is not None:
             given[key] = value
     if levels:
         given["levels"] = [lv.strip() for lv in levels.split(",") if lv.strip()]
+    if benchmark:
+        _benchmark_options(given, benchmark, from_file=config is not None)
     cfg = absolute_paths(load_config(EvalConfig, config, given))
     prefect_env(st.workspace)
     from flows.evaluate import evaluate

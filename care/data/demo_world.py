@@ -25,7 +25,7 @@ Variants (``docs/demo.md`` has the design and the measured learning curves):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -62,6 +62,10 @@ ENVIRONMENTS = {
          "purple": (170, 90, 230), "orange": (255, 160, 60), "cyan": (80, 230, 200), "pink": (255, 140, 170)},
         "row", (255, 255, 255)),
 }
+# L2's near half (care.data.demo.level_environment): the garden's background and agent, the room's marker shades
+# and corner layout, no grid; the part of the garden's shift the tiny model carries over (docs/demo.md)
+ENVIRONMENTS["garden_near"] = replace(ENVIRONMENTS["room"], name="garden_near",
+                                      background=ENVIRONMENTS["garden"].background, agent=ENVIRONMENTS["garden"].agent)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ validation rows carry ``choice_a``..``choice_d`` + ``golden_choice_idx``.
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass, field
 
 LETTERS = ("A", "B", "C", "D")
@@ -29,16 +30,18 @@ ANNOTATION_FILES = {
 class Sample:
     """A validated multiple-choice sample, paths relative to the data root.
 
-    ``video`` is None for image-only samples (empty ``task_progress_metadata``).
-    ``answer`` is the gold letter ("A".."D"); ``options`` holds exactly four option texts in letter order.
+    ``video`` is None for image-only samples (empty ``task_progress_metadata``); ``image`` is None for
+    video-only samples (the transfer benchmarks of ``care.data.benchmarks`` have no current observation).
+    ``answer`` is the gold letter; ``options`` holds the option texts in letter order: exactly four ("A".."D")
+    for SEED-Bench-R1 rows, two or more for a transfer benchmark's.
     """
 
     sample_id: str
     question: str
-    options: tuple[str, str, str, str]
+    options: tuple[str, ...]
     answer: str
     video: str | None
-    image: str
+    image: str | None
     split: str
     source_file: str
     line: int
@@ -47,7 +50,7 @@ class Sample:
 
     @property
     def answer_index(self) -> int:
-        return LETTERS.index(self.answer)
+        return string.ascii_uppercase.index(self.answer)
 
     @property
     def answer_text(self) -> str:

@@ -5,10 +5,11 @@
   evaluated model and its processor (and the likelihood model, when that is not the policy itself), generates
   one near-greedy completion per prompt and computes each completion's answer likelihood, then scores and judges
   the texts. :func:`score_level` is its model-free half (texts in, rows and summaries out).
-- :mod:`care.eval.eval_config`: the stage's settings and the content id of the evaluated checkpoint.
+- the stage's settings are ``care.eval_schema.EvalConfig``, the content id of the evaluated checkpoint is
+  ``care.identity.content_id`` (both below ``care.eval``: the training package builds evaluation configs too).
 - :mod:`care.eval.scoring`: prediction rule, exact match, accuracy per level (:class:`LevelAccuracy`).
 - :mod:`care.eval.intervals`: Wilson score intervals.
-- :mod:`care.eval.judges`, :mod:`care.eval.llm_judge`, :mod:`care.eval.judge_config`: consistency judges
+- :mod:`care.eval.judges`, :mod:`care.eval.llm_judge`, :mod:`care.eval.judge_config` (``make_judge``): consistency judges
   ``rule``, ``reference_likelihood`` and ``llm`` behind one interface; :mod:`care.eval.reasoning` reads a
   completion for them. The judges load no model: ``reference_likelihood`` is handed likelihoods computed by the
   stage, ``llm`` asks an OpenAI-compatible HTTP endpoint.

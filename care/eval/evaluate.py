@@ -29,28 +29,22 @@ from care.algo.answer_span import answer_token_masks
 from care.algo.likelihood import answer_likelihood
 from care.algo.prompt import prompt_template
 from care.data.schema import Sample
+from care.device import default_device, resolve_dtype
 from care.errors import CareError
 from care.eval.consistency import summarize_consistency
-from care.eval.eval_config import (
-    LIKELIHOOD_POLICY,
-    LIKELIHOOD_REFERENCE,
-    EvalConfig,
-    likelihood_label,
-    model_path,
-    reference_model_path,
-)
 from care.eval.intervals import wilson_interval
 from care.eval.judge_config import make_judge
-from care.eval.judges import ConsistencyJudge, JudgeItem, judge_label
-from care.eval.scoring import OVERALL_LEVEL, eval_prediction, level_accuracy
+from care.eval.judges import ConsistencyJudge, JudgeItem, Verdict, judge_label
+from care.eval.scoring import DOMAIN_FIELD, OVERALL_LEVEL, eval_prediction, level_accuracy
+from care.eval_schema import LIKELIHOOD_POLICY, LIKELIHOOD_REFERENCE, EvalConfig, likelihood_label
 from care.failpoints import failpoint
+from care.identity import model_path, reference_model_path
 from care.media.frame_cache import FrameCache
 from care.models.generation import Decoding, sample_completions
 from care.models.inputs import encode_prompt_completions, encode_prompts, model_inputs
 from care.models.loading import load_model, load_processor, stop_token_ids, suppressed_token_ids
+from care.models.samples import DataSpec, prompt_items
 from care.store.rollout_log import write_rows_atomic
-from care.train.policy_io import default_device, resolve_dtype
-from care.train.samples import DataSpec, prompt_items
 
 
 @dataclass(frozen=True)
@@ -73,6 +67,7 @@ BASE_COLUMNS = [
     ("checkpoint_id", pa.string()), ("judge_labels", pa.list_(pa.string())), ("temperature", pa.float32()),
     ("top_p", pa.float32()), ("top_k", pa.int32()), ("max_new_tokens", pa.int32()), ("seed", pa.int64()),
     ("nframes", pa.int32()), ("prompt_version", pa.string()), ("prompt_template", pa.string()),
+    ("domain", pa.string()),
 ]
 
 
@@ -112,7 +107,7 @@ def score_level(
     rows = []
     for i, (s, g) in enumerate(zip(samples, generated, strict=True)):
         prediction = eval_prediction(g.completion)
-        row = {**context, "level": level, "sample_id": s.sample_id, "question": s.question,
+        row = {**context, "level": level, "domain": sample_domain(s), "sample_id": s.sample_id, "question": s.question,
                "options": list(s.options), "gold": s.answer, "prediction": prediction,
                "correct": prediction == s.answer, "completion": g.completion,
                "completion_tokens": g.completion_tokens, "truncated": g.truncated,
@@ -125,6 +120,39 @@ def score_level(
     accuracy = level_accuracy(level, [r["correct"] for r in rows], confidence).as_dict()
     summaries = [summarize_consistency(j, verdicts[j.name], level, confidence).as_dict() for j in judges]
     return rows, accuracy, summaries
+
+
+def sample_domain(sample: Sample) -> str | None:
+    """The row's ``domain`` field, when its annotation has one (EgoPlan-Bench2's, which SEED-Bench-R1's L3 is
+    built from: Daily life, Hobbies, Recreation, Work); None otherwise."""
+    value = sample.meta.get("extra", {}).get(DOMAIN_FIELD)
+    return str(value) if value not in (None, "") else None
+
+
+def domain_records(level: str, rows: Sequence[dict], judges: Sequence[ConsistencyJudge],
+                   confidence: float = 0.95) -> list[dict]:
+    """Per-domain records of one level (``level`` ``"L3/Hobbies"``, ...): accuracy and each judge's consistency
+    over the level's rows of that domain, in :func:`score_level`'s record shapes. Empty when no row has a domain.
+
+    >>> from care.eval.judges import RuleJudge
+    >>> rows = [{"domain": "Work", "correct": True, "rule_consistent": True, "rule_code": "judged", "rule_reason": ""},
+    ...         {"domain": "Work", "correct": False, "rule_consistent": None, "rule_code": "no_think", "rule_reason": ""},
+    ...         {"domain": None, "correct": True, "rule_consistent": True, "rule_code": "judged", "rule_reason": ""}]
+    >>> [(r["level"], r["accuracy"]["n"], r["consistency"][0]["n_judged"]) for r in domain_records("L3", rows, [RuleJudge()])]
+    [('L3/Work', 2, 1)]
+    """
+    domains = sorted({r["domain"] for r in rows if r.get("domain")})
+    records = []
+    for domain in domains:
+        name = f"{level}/{domain}"
+        subset = [r for r in rows if r.get("domain") == domain]
+        verdicts = {j.name: [Verdict(r[f"{j.name}_consistent"], r[f"{j.name}_code"], r[f"{j.name}_reason"])
+                             for r in subset] for j in judges}
+        records.append({"level": name,
+                        "accuracy": level_accuracy(name, [r["correct"] for r in subset], confidence).as_dict(),
+                        "consistency": [summarize_consistency(j, verdicts[j.name], name, confidence).as_dict()
+                                        for j in judges]})
+    return records
 
 
 def _to_device(enc, device: torch.device) -> dict:
@@ -176,7 +204,7 @@ def generate_level(config: EvalConfig, samples: Sequence[Sample], cache: FrameCa
     tok = processor.tokenizer
     stop = stop_token_ids(processor, config.decoding.eos)
     suppress, decoding = suppressed_token_ids(processor, stop=stop), _decoding(config)
-    template = prompt_template(config.prompt, "eval")
+    template = prompt_template(config.prompt_name(), "eval")
     out: list[Generated] = []
     for k, start in enumerate(range(0, len(samples), config.batch_size)):
         items, rates = prompt_items(samples[start : start + config.batch_size], cache, template=template)
@@ -200,7 +228,7 @@ def eval_context(config: EvalConfig, *, run_id: str, label: str, checkpoint_id: 
 
 def prompt_columns(config: EvalConfig) -> dict:
     """The prompt template an evaluation's prompts are built from: its version and id (``name@version``)."""
-    template = prompt_template(config.prompt, "eval")
+    template = prompt_template(config.prompt_name(), "eval")
     return {"prompt_version": template.version, "prompt_template": template.template_id}
 
 
@@ -209,7 +237,8 @@ def run_eval_level(config: EvalConfig, level: str, *, cache_root: str | Path, ou
     """Evaluate ``level``; write ``<out_dir>/<level>.parquet``; return the level's manifest."""
     started = time.perf_counter()
     data = DataSpec(data_root=config.data_root, annotation_file=config.annotation_file(level),
-                    cache_root=str(cache_root), sampling=config.frames, shuffle_options=False)
+                    cache_root=str(cache_root), sampling=config.frames, shuffle_options=False,
+                    benchmark=config.benchmark)
     sample_set = data.load()
     samples = sample_set.samples[: config.limit_per_level]
     generated = generate_level(config, samples, data.cache())
@@ -219,12 +248,15 @@ def run_eval_level(config: EvalConfig, level: str, *, cache_root: str | Path, ou
     rows, accuracy, consistency = score_level(level=level, samples=samples, generated=generated, judges=judges,
                                               context=context, confidence=config.confidence)
     accuracy["prompt_template"] = context["prompt_template"]  # recorded with the level's eval_results rows
+    groups = domain_records(level, rows, judges, config.confidence)
+    for g in groups:
+        g["accuracy"]["prompt_template"] = context["prompt_template"]
     failpoint("evaluation")  # crash tests: killed after generation and scoring, before the Parquet is written
     path = write_rows_atomic(predictions_path(out_dir, level), rows, predictions_schema([j.name for j in judges]))
     return {
         "run_id": run_id, "label": label, "level": level, "checkpoint": config.checkpoint,
         "checkpoint_id": checkpoint_id, "path": str(path), "n": len(rows), "accuracy": accuracy,
-        "consistency": consistency, "excluded": len(sample_set.excluded), "rejected_rows": sample_set.rejected_rows,
+        "consistency": consistency, "groups": groups, "excluded": len(sample_set.excluded), "rejected_rows": sample_set.rejected_rows,
         "truncated": sum(r["truncated"] for r in rows), "seconds": time.perf_counter() - started,
     }
 

@@ -26,12 +26,10 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from pydantic import Field
-
 from care.algo.prompt import format_options
-from care.config import StageConfig
 from care.errors import CareError
 from care.eval.judges import JUDGED, JudgeItem, Verdict, read_for_judging, unjudged
+from care.eval_schema import LLMJudgeConfig
 
 LLM_JUDGE_PROMPT_VERSION = "consistency-judge-v1"
 
@@ -55,25 +53,6 @@ VERDICT_PATTERN = re.compile(r"\s*(yes|no)\.?\s*", re.IGNORECASE)
 TIMEOUT, HTTP_ERROR, UNREACHABLE, CONNECTION_FAILED, BAD_RESPONSE, UNPARSEABLE, SKIPPED = (
     "timeout", "http_error", "unreachable", "connection_failed", "bad_response", "unparseable", "skipped",
 )
-
-
-class LLMJudgeConfig(StageConfig):
-    """Where and how to ask the judge model."""
-
-    base_url: str = Field(description="Endpoint root of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1; "
-                          "requests go to <base_url>/chat/completions.")
-    model: str = Field(description="Model name the endpoint serves (the `model` field of the request).")
-    api_key_env: str | None = Field(
-        default=None,
-        description="Name of the environment variable holding the API key (sent as a Bearer token); the key itself "
-        "is never written in a config. None: no Authorization header (a local vLLM server needs none).",
-    )
-    timeout_s: float = Field(default=30.0, gt=0, description="Timeout of each socket operation of one request.")
-    max_tokens: int = Field(default=5, ge=1, description="Generation budget of the reply (one word is expected).")
-    max_concurrency: int = Field(default=4, ge=1, description="Requests in flight at once.")
-    max_consecutive_failures: int = Field(
-        default=5, ge=1, description="Transport failures in a row after which the remaining items are skipped."
-    )
 
 
 def parse_verdict(text: str) -> bool | None:

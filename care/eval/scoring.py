@@ -25,6 +25,8 @@ from care.algo.rewards import prediction_from_output, strip_special_tokens
 from care.eval.intervals import wilson_interval
 
 OVERALL_LEVEL = "all"
+# the annotation field a level is broken down by when its rows carry it (EgoPlan-Bench2's domain, in L3)
+DOMAIN_FIELD = "domain"
 
 
 def eval_prediction(output: str) -> str:
@@ -130,3 +132,13 @@ def score_outputs(
     correct = [p == g for p, g in zip(predictions, golds, strict=True)]
     table = accuracy_by_level(levels, correct, confidence=confidence, include_overall=include_overall)
     return predictions, correct, table
+
+
+def with_domains(records: Sequence[dict]) -> list[dict]:
+    """Level records (manifests), each followed by its per-domain records (its ``groups``: level ``L3/Hobbies``,
+    ...), for tables and catalog rows; the pooled ``all`` record pools levels only.
+
+    >>> [r["level"] for r in with_domains([{"level": "L1"}, {"level": "L3", "groups": [{"level": "L3/Work"}]}])]
+    ['L1', 'L3', 'L3/Work']
+    """
+    return [x for m in records for x in (m, *m.get("groups", ()))]

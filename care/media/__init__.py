@@ -2,7 +2,7 @@
 
 Public API: ``FrameSampling`` (options), ``FrameCache`` (``.put(path, kind)`` fills, ``.load(sample)`` reads),
 ``CachedSample``, ``FrameDataset``, ``decode_video``, ``load_image``, ``probe_video``, ``MediaError``. The
-pipeline's stages read frames through ``care.train.samples`` (``FrameCache.contains`` / ``.load``), not through
+pipeline's stages read frames through ``care.models.samples`` (``FrameCache.contains`` / ``.load``), not through
 ``FrameDataset`` (a torch ``Dataset`` view of the same reads that no stage uses).
 """
 

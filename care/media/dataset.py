@@ -1,6 +1,6 @@
 """A torch ``Dataset`` over samples that reads only the frame cache (never decodes video).
 
-Not how the pipeline's stages read frames: SFT, the RL stages and evaluation use ``care.train.samples``
+Not how the pipeline's stages read frames: SFT, the RL stages and evaluation use ``care.models.samples``
 (``DataSpec.load()`` keeps the samples whose media are cached, ``prompt_items`` / ``shared_prompt_items`` read
 them with ``FrameCache.load``). No stage uses this class; it is a torch ``Dataset`` view of the same cache reads
 (the frame-cache and preprocessing tests use it).

@@ -81,13 +81,14 @@ DECODED = DecodedEntries()
 
 @dataclass(frozen=True)
 class CachedSample:
-    """What a stage needs of a sample's media. ``frames``/``timestamps``/``fps`` are None for image-only."""
+    """What a stage needs of a sample's media. ``frames``/``timestamps``/``fps`` are None for image-only
+    samples, ``image`` for video-only ones."""
 
     sample_id: str
     frames: np.ndarray | None  # (T, H, W, 3) uint8
     timestamps: np.ndarray | None  # (T,) float64 seconds in the source clip
     fps: float | None  # effective sampled frames per second
-    image: np.ndarray  # (H, W, 3) uint8, the current observation
+    image: np.ndarray | None  # (H, W, 3) uint8, the current observation
 
 
 @dataclass
@@ -214,14 +215,15 @@ class FrameCache:
         frames = timestamps = fps = None
         if sample.video:
             frames, timestamps, fps = self.load_media(self.resolve(sample.video), "video")
-        image, _, _ = self.load_media(self.resolve(sample.image), "image")
+        image = self.load_media(self.resolve(sample.image), "image")[0][0] if sample.image else None
         return CachedSample(sample_id=sample.sample_id, frames=frames, timestamps=timestamps, fps=fps,
-                            image=image[0])
+                            image=image)
 
     def contains(self, sample: Sample) -> bool:
         """True when every media file of ``sample`` is cached (a quarantined file never is)."""
         paths = [(sample.video, "video")] if sample.video else []
-        paths.append((sample.image, "image"))
+        if sample.image:
+            paths.append((sample.image, "image"))
         for rel, kind in paths:
             path = self.resolve(rel)
             if not path.is_file() or not self.entry_path(self._key_of(path, kind)).is_file():

@@ -34,6 +34,9 @@ class PreprocessConfig(StageConfig):
     workers: int = Field(2, ge=1, description="Decoding processes per shard.")
     seed: int = Field(0, description="Seed of the training-option shuffle (passed to the annotation loader).")
     shuffle_options: bool = Field(True, description="Shuffle training options (see care.data.annotations).")
+    benchmark: str | None = Field(
+        None, description="A transfer benchmark (care.data.benchmarks) in its published layout under data_root; "
+        "`annotations` then names its levels (empty = all).")
 
 
 class PreprocessError(CareError):
@@ -54,7 +57,7 @@ def sample_media(sample: Sample, data_root: str | os.PathLike) -> list[tuple[str
     """``(absolute path, kind)`` of every media file a sample needs."""
     root = Path(data_root).resolve()
     media = [(str(root / sample.video), "video")] if sample.video else []
-    return [*media, (str(root / sample.image), "image")]
+    return [*media, (str(root / sample.image), "image")] if sample.image else media
 
 
 def distinct_media(samples: Sequence[Sample], data_root: str | os.PathLike) -> list[tuple[str, str]]:

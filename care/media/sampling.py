@@ -38,9 +38,9 @@ class FrameSampling(StageConfig):
         None, ge=1, description="Exact frame count (rounded to even); overrides fps/min_frames/max_frames."
     )
     min_pixels: int = Field(28 * 28, ge=28 * 28, description="Smallest pixel count of a resized video frame.")
-    max_pixels: int = Field(56 * 56, ge=28 * 28, description="Largest pixel count of a resized video frame.")
+    max_pixels: int = Field(128 * 28 * 28, ge=28 * 28, description="Largest pixel count of a resized video frame (the paper's: 128*28*28).")
     image_min_pixels: int = Field(28 * 28, ge=28 * 28, description="Smallest pixel count of the resized image.")
-    image_max_pixels: int = Field(56 * 56, ge=28 * 28, description="Largest pixel count of the resized image.")
+    image_max_pixels: int = Field(256 * 28 * 28, ge=28 * 28, description="Largest pixel count of the resized image (the paper's: 256*28*28).")
     codec: Literal["raw", "jpeg"] = Field(
         "raw", description="Frame storage in the cache: 'raw' (lossless uint8) or 'jpeg' (lossy, smaller)."
     )

@@ -57,8 +57,8 @@ from care.errors import CareError
 from care.models.generation import Completion, chunk_seed
 from care.models.inputs import PromptItem
 from care.models.loading import stop_token_ids, suppressed_token_ids
+from care.models.rollout_config import RolloutConfig
 from care.models.vllm_worker import REQUEST_SCHEMA, RESPONSE_SCHEMA, encode_reply, write_table_atomic
-from care.train.config import RolloutConfig
 
 REQUEST_FILE = "vllm_request.parquet"
 RESPONSE_FILE = "vllm_response.parquet"

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from care.store.catalog import connect, executemany, register_schema
+from care.store.catalog import connect, executemany, query, register_schema
 
 VIDEOS_DDL = """
 CREATE TABLE IF NOT EXISTS videos (
@@ -110,3 +110,10 @@ def quarantined(*, path: str | os.PathLike | None = None) -> dict[str, str]:
     with connect(path) as con:
         rows = con.execute("SELECT path, reason FROM videos WHERE status = 'quarantined'").fetchall()
     return dict(rows)
+
+
+def decoded_count(run_id: str, *, path: str | os.PathLike | None = None) -> int:
+    """How many media files preprocessing run ``run_id`` really decoded: its ``ok`` ``videos`` rows that were not
+    frame-cache hits (files of shards it skipped as unchanged are not counted either). Read-only."""
+    sql = "SELECT count(*) FROM videos WHERE run_id = ? AND status = 'ok' AND NOT cache_hit"
+    return query(sql, [run_id], path=path)[0][0]

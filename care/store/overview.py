@@ -102,6 +102,12 @@ def show_run(catalog: str | os.PathLike, run_id: str, run_dir: str | os.PathLike
     return out
 
 
+def metric_values(con, run_id: str) -> list[tuple[str, int, float]]:
+    """``(name, step, value)`` of every metric of ``run_id`` that has a value (NULLs left out), by step."""
+    return con.execute("SELECT name, step, value FROM metrics WHERE run_id = ? AND value IS NOT NULL ORDER BY step",
+                       [run_id]).fetchall()
+
+
 def _timing_rows(con, run_id: str) -> dict[tuple[str, str], list[tuple[int, float]]]:
     wanted = [(stage, name) for stage, names in TIMING_METRICS.items() for name in names if name]
     rows = con.execute(

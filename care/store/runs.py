@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from care import tracking
-from care.store.catalog import connect, execute, executemany, register_schema
+from care.store.catalog import connect, execute, executemany, query, register_schema
 
 RUNS_DDL = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -91,6 +91,25 @@ def finish_run(run_id: str, *, status: str, message: str | None = None, path=Non
                seconds = date_diff('millisecond', created_at, ?) / 1000.0 WHERE run_id = ?""",
         [status, message, now, now, now, run_id], path=path,
     )
+
+
+def run_kind(run_id: str, *, path=None) -> str | None:
+    """The ``kind`` of run ``run_id`` (``sft``, ``rl``, ``eval``, ...), or None when the catalog has no such run.
+
+    Opens the catalog read-write, so a fresh catalog gets its tables (and this returns None)."""
+    with connect(path) as con:
+        rows = con.execute("SELECT kind FROM runs WHERE run_id = ?", [run_id]).fetchall()
+    return rows[0][0] if rows else None
+
+
+def stored_config(run_id: str, *, path=None) -> tuple[str, dict[str, Any]] | None:
+    """``(kind, config)`` of run ``run_id``: its kind and the config stored by ``start_run`` (a dict, empty when
+    none was stored), or None when the catalog has no such run. Read-only: ``CatalogError`` without a catalog."""
+    rows = query("SELECT kind, config FROM runs WHERE run_id = ?", [run_id], path=path)
+    if not rows:
+        return None
+    kind, config = rows[0]
+    return kind, json.loads(config) if config is not None else {}
 
 
 @contextmanager

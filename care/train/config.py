@@ -7,68 +7,22 @@ parameter schemas, so a deployment's parameters are validated exactly like a YAM
 
 from __future__ import annotations
 
-import hashlib
-import json
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
+from care import identity
 from care.algo.algorithms import algorithm, registered_algorithms
 from care.config import StageConfig
+from care.eval_schema import EvalConfig
 from care.media.sampling import FrameSampling
+from care.models.rollout_config import RolloutConfig
+from care.sections import section_of
 from care.tracking import TRACKING_FIELDS, TrackingOptions
+from care.train.optimizer_config import OptimizerConfig
 
 # the registered algorithms (care.algo.algorithms), spelled out for the parameter schema of the flows
 AlgorithmName = Literal["grpo_care", "grpo", "grpo_nokl", "dr_grpo", "rloo"]
-
-
-class SamplingParams(StageConfig):
-    """Decoding parameters. All are set explicitly on every call: a model's generation_config can silently
-    override library defaults otherwise."""
-
-    temperature: float = Field(1.0, gt=0, description="Softmax temperature for sampling.")
-    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
-    top_k: int = Field(50, ge=0, description="Top-k sampling; 0 disables it.")
-    max_new_tokens: int = Field(768, ge=1, description="Maximum completion length in tokens.")
-    eos: Literal["care", "reference"] = Field(
-        "care", description="What ends a completion (kept as its last token): 'care' = <|im_end|> only; "
-        "'reference' = <|im_end|> or <|endoftext|>, the Qwen2.5-VL generation config's EOS list that the "
-        "reference code's generate uses. Both backends stop on the same ids.")
-
-
-class RolloutConfig(StageConfig):
-    backend: Literal["hf", "vllm"] = Field("hf", description="Generation engine: transformers generate, or vLLM (GPU, own environment).")
-    prompt: Literal["care", "reference"] = Field(
-        "care", description="Prompt template (care.algo.prompt): 'care' = the short versioned instruction; "
-        "'reference' = the reference code's training prompt, reproduced exactly. Recorded with every rollout "
-        "(prompt_template); scoring and the update rebuild each rollout's prompt from the recorded template.")
-    group_size: int = Field(8, ge=2, description="G: completions sampled per prompt.")
-    prompts_per_iteration: int = Field(4, ge=1, description="Prompts per generation batch (one RL iteration).")
-    generation_batch_prompts: int = Field(4, ge=1, description="Prompts per generate() call (a memory knob; the per-call seed depends on it, so it is part of the config).")
-    sampling: SamplingParams = Field(default_factory=SamplingParams)
-    behaviour_logprobs: Literal["auto", "sampler", "forward"] = Field(
-        "auto", description="Where the hf backend's behaviour log-probs come from: 'sampler' records them while "
-        "sampling (no extra pass; equal to a forward pass up to float rounding of the KV-cache), 'forward' runs one "
-        "more forward pass with the update's own function (the same computation as the update's first log-probs, "
-        "which PPO ratios over several steps want, above all in bf16). auto = forward when optim.steps_per_generation > 1, "
-        "else sampler (the update does not read them then).")
-    vllm_python: str | None = Field(None, description="Python of the separate vLLM environment (backend=vllm).")
-    vllm_tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor-parallel size (backend=vllm).")
-    vllm_gpu_memory_utilization: float = Field(0.6, gt=0, le=1, description="vLLM GPU memory share (backend=vllm).")
-    vllm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weights and activations of the vLLM engine (backend=vllm). auto = bfloat16 on a GPU, "
-        "float32 on CPU (vLLM would otherwise downcast fp32 checkpoints to bf16 silently).")
-    vllm_enforce_eager: bool | None = Field(
-        None, description="Run the vLLM engine eagerly, without torch.compile and CUDA graphs (backend=vllm). "
-        "None = eager on CPU (start-up 36 s instead of about 100 s, and faster there), compiled on a GPU.")
-    vllm_cpu_kvcache_gib: int = Field(
-        1, ge=1, description="GiB of KV cache the vLLM engine reserves on a CPU-only machine (backend=vllm); "
-        "vLLM's own default takes a share of all RAM.")
-    vllm_resident: bool = Field(
-        True, description="Keep one vLLM engine for the whole run (backend=vllm): started at the first rollout "
-        "stage, its weights refreshed in place (vLLM's reload_weights) from each later stage's policy folder, "
-        "asleep between stages on a GPU, stopped at the end of the run. False = a fresh engine per rollout stage "
-        "(an engine start each iteration: about 36 s eager on CPU, minutes for a 7B model on a GPU).")
 
 
 class ScoringConfig(StageConfig):
@@ -103,17 +57,11 @@ class ScoringConfig(StageConfig):
 PLACEMENT = ("nnodes", "rdzv_endpoint", "local_nodes", "control_host", "node_deployment")
 
 
-class OptimConfig(StageConfig):
-    learning_rate: float = Field(1e-6, gt=0, description="AdamW peak learning rate.")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
-    weight_decay_exempt: Literal["bias_and_norm", "none"] = Field(
-        "bias_and_norm", description="Parameters AdamW does not decay: 'bias_and_norm' = biases and norm weights, "
-        "the Hugging Face Trainer's rule (the reference's runs); 'none' = decay every parameter.")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+class OptimConfig(OptimizerConfig):
+    """The update (``optim:``): the shared optimizer options (``OptimizerConfig``, RL's defaults) and the
+    policy-gradient step's own."""
+
     adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
-    max_grad_norm: float = Field(5.0, gt=0, description="Gradient-norm clip.")
-    lr_scheduler: Literal["cosine", "constant"] = Field("cosine", description="Learning-rate schedule over the run.")
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up optimizer steps.")
     steps_per_generation: int = Field(1, ge=1, description="Optimizer steps per generation batch (1 = reference, on-policy).")
     micro_batch_size: int = Field(8, ge=1, description="Rollouts per forward/backward; gradients are accumulated over the step.")
     loss_aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"] = Field(
@@ -126,8 +74,6 @@ class OptimConfig(StageConfig):
     ref_mode: Literal["ema", "frozen"] = Field("ema", description="Reference model: slowly evolving EMA, or frozen initial policy.")
     ema_decay: float = Field(0.995, ge=0, le=1, description="EMA decay of the reference.")
     ema_every: int = Field(10, ge=1, description="Update the EMA reference every this many optimizer steps.")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 on a GPU that supports it, else fp32.")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
     num_processes: int = Field(1, ge=1, description="Data-parallel processes (torchrun) for the update.")
     parallelism: Literal["ddp", "fsdp2"] = Field(
         "ddp", description="With num_processes > 1: 'ddp' keeps the whole fp32 state on every rank; 'fsdp2' shards "
@@ -160,6 +106,19 @@ class OptimConfig(StageConfig):
         return self
 
 
+class EvalTiming(section_of(FrameSampling, keep=["temporal"])):
+    """The periodic evaluation's frames are the run's; only their positions in time are the evaluation's own."""
+
+
+class PeriodicEval(section_of(EvalConfig, omit=["checkpoint", "data_root", "frames"])):
+    """Options of the periodic evaluation (``eval_every``): EvalConfig's, less what the run fills in (checkpoint,
+    data_root, and frames: the run's). ``prompt`` unset = the run's ``rollout.prompt``."""
+
+    frames: EvalTiming = Field(default_factory=EvalTiming, description="Only ``temporal``: how the evaluation "
+                               "positions the run's frames in time (default the real fps, as the reference "
+                               "evaluates whatever it trained with).")
+
+
 # options that do not change what is trained stay out of a run's identity: the same run can be continued with
 # another checkpoint cadence or retention (a replayed update equals the original bit for bit)
 NOT_IDENTITY = ("run_name", "eval_every", "eval", "checkpoint_every", "checkpoint_background", "keep_checkpoints",
@@ -178,7 +137,7 @@ class RLConfig(TrackingOptions):
     train_annotations: str = Field("training_6k.jsonl", description="Training file, relative to data_root/annotations.")
     shuffle_options: bool = Field(True, description="Shuffle the 4 options per training row (seeded).")
     frames: FrameSampling = Field(default_factory=FrameSampling, description="Frame sampling of the frame cache to read (as preprocessed).")
-    iterations: int = Field(3, ge=1, description="Generation batches (RL iterations) to run.")
+    iterations: int = Field(1500, ge=1, description="Generation batches (RL iterations) to run; the paper's is one epoch of the 6k training subset at 4 prompts per batch, about 1500.")
     seed: int = Field(0, description="Seeds data order, sampling and initialisation.")
     checkpoint_every: int = Field(10, ge=1, description="Write a resumable checkpoint every K iterations (and after the "
                                   "last one and at every evaluation). In between, the state stays in memory and a "
@@ -191,7 +150,8 @@ class RLConfig(TrackingOptions):
     keep_every: int = Field(0, ge=0, description="Also keep every checkpoint whose iteration is a multiple of this (for "
                             "later evaluation; 0 = none).")
     eval_every: int = Field(0, ge=0, description="Evaluate the checkpoint every N iterations (0 = never from the rl flow).")
-    eval: dict[str, Any] = Field(default_factory=dict, description="EvalConfig options of the periodic evaluation (checkpoint, data_root, frames filled in).")
+    eval: PeriodicEval = Field(default_factory=PeriodicEval, description="EvalConfig options of the periodic "
+                               "evaluation (checkpoint, data_root, frames filled in by the run).")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -232,16 +192,13 @@ class RLConfig(TrackingOptions):
             return {**data, "optim": {**defaults, **optim}}
         return data
 
-    def eval_config(self, checkpoint: str):
+    def eval_config(self, checkpoint: str) -> EvalConfig:
         """The periodic evaluation's config (validated when the RL config is): the run's frames, positioned in
         time as the ``eval.frames.temporal`` says (default the real fps, as the reference evaluates whatever
         it trained with), and the prompt the run trains with unless ``eval.prompt`` is set."""
-        from care.eval.eval_config import EvalConfig
-
-        temporal = (self.eval.get("frames") or {}).get("temporal", "real_fps")
-        return EvalConfig.model_validate({"prompt": self.rollout.prompt, **self.eval, "checkpoint": checkpoint,
-                                          "data_root": self.data_root,
-                                          "frames": {**self.frames.model_dump(), "temporal": temporal}})
+        frames = {**self.frames.model_dump(), "temporal": self.eval.frames.temporal}
+        return EvalConfig.model_validate({"prompt": self.rollout.prompt, **self.eval.model_dump(),
+                                          "checkpoint": checkpoint, "data_root": self.data_root, "frames": frames})
 
     @model_validator(mode="after")
     def _eval_section_valid(self) -> RLConfig:
@@ -267,8 +224,7 @@ class RLConfig(TrackingOptions):
             return self.run_name
         # options that do not change what is trained stay out of the identity
         exclude: dict = {**dict.fromkeys(NOT_IDENTITY, True), "optim": set(PLACEMENT), "rollout": {"vllm_resident"}}
-        blob = json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True)
-        return f"{self.algo.replace('_', '-')}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+        return identity.run_id(self.algo.replace("_", "-"), self.model_dump(mode="json", exclude=exclude))
 
     def checkpoint_due(self, iterations_done: int) -> bool:
         """Whether the state after ``iterations_done`` iterations is written as a checkpoint."""

@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 
 from care.errors import CareError
+from care.identity import checkpoint_id
 from care.models.loading import hf_progress_bars, load_model, load_processor
 from care.train.checkpoint import latest_complete, read_training_state, verify_manifest
-from care.train.policy_io import checkpoint_id, policy_path
+from care.train.policy_io import policy_path
 from care.train.state import checkpoint_state_id
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}

@@ -68,7 +68,7 @@ def _rank_world() -> tuple[int, int]:
 
 
 def _rollout(job: dict) -> dict:
-    from care.train.config import RolloutConfig
+    from care.models.rollout_config import RolloutConfig
     from care.train.rollout import hf_rollouts
     from care.train.state import PolicyState
 
@@ -104,9 +104,9 @@ def _export_policy(job: dict) -> str:
 def _behaviour_tail(job: dict) -> dict:
     import time
 
-    from care.train.config import RolloutConfig
+    from care.models.rollout_config import RolloutConfig
+    from care.models.samples import prompt_items
     from care.train.rollout import read_completions, shard_from_completions
-    from care.train.samples import prompt_items
     from care.train.state import PolicyState
 
     started = time.perf_counter() - job["elapsed"]  # the stage's clock started in the flow's process

@@ -13,13 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from care.models.samples import DataSpec
 from care.store.rollout_log import iteration_dir
 from care.train.checkpoint import iteration_checkpoint_name, make_initial_checkpoint
 from care.train.config import RLConfig
 from care.train.data_order import batch_ids, cursor_after
 from care.train.optimise_stage import run_optimisation_stage
 from care.train.rollout import run_rollout_stage
-from care.train.samples import DataSpec
 from care.train.scoring import run_scoring_stage
 from care.train.state import PolicyState, ReplaySpec, of_checkpoint
 

@@ -37,14 +37,15 @@ from care.algo.ema import ReferenceUpdater, unwrap_model
 from care.algo.likelihood import token_log_probs
 from care.algo.losses import policy_loss
 from care.data.schema import Sample
+from care.device import resolve_dtype
 from care.errors import CareError
 from care.media.frame_cache import FrameCache
 from care.models.inputs import completion_target_mask, encode_prompt_completions, model_inputs
 from care.models.loading import enable_activation_checkpointing
+from care.models.samples import row_template, shared_prompt_items
 from care.store.rollout_log import read_rows
 from care.train.config import OptimConfig
-from care.train.samples import row_template, shared_prompt_items
-from care.train.toolkit import autocast, resolve_dtype, step_if_finite
+from care.train.toolkit import autocast, step_if_finite
 from care.train.trainer import Trainer, ensure_optimizer
 
 

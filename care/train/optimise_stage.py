@@ -18,20 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from care.data.schema import Sample
+from care.device import default_device
 from care.errors import CareError
 from care.failpoints import failpoint
+from care.identity import checkpoint_id
 from care.media.frame_cache import FrameCache
+from care.models.samples import DataSpec
 from care.train import gang, warm
 from care.train.checkpoint import prune_checkpoints
 from care.train.config import OptimConfig
 from care.train.gang import stage_gang
 from care.train.optimise import load_scored_batch, update_steps
-from care.train.policy_io import checkpoint_id
 from care.train.replay import materialise
-from care.train.samples import DataSpec
 from care.train.sharded import save_sharded
 from care.train.state import PolicyState, ReplaySpec, advance, as_state
-from care.train.toolkit import default_device
 from care.train.trainer import WRITER, save_trainer, training_state
 
 

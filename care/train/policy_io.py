@@ -1,18 +1,18 @@
-"""Loading the policy / reference of a checkpoint for a stage, and the device and dtype to run them on."""
+"""Loading the policy / reference of a checkpoint for a stage (fp32 master weights, on the default device).
+
+A checkpoint's content id is ``care.identity.checkpoint_id``; the device and dtype choice is ``care.device``.
+"""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 
+from care.device import default_device
 from care.models.loading import load_model, load_processor
 from care.train.checkpoint import verify_manifest
-from care.train.toolkit import MASTER_DTYPE, default_device, resolve_dtype
-
-__all__ = ["MASTER_DTYPE", "checkpoint_id", "default_device", "load_policy", "load_reference", "policy_path",
-           "reference_path", "resolve_dtype"]
+from care.train.toolkit import MASTER_DTYPE
 
 
 def policy_path(checkpoint: str | Path) -> Path:
@@ -21,12 +21,6 @@ def policy_path(checkpoint: str | Path) -> Path:
 
 def reference_path(checkpoint: str | Path) -> Path:
     return Path(checkpoint) / "reference"
-
-
-def checkpoint_id(checkpoint: str | Path) -> str:
-    """Content id of a checkpoint: sha256 of its manifest (which lists every file's sha256), 16 hex digits."""
-    manifest = Path(checkpoint) / "MANIFEST.json"
-    return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
 
 
 def load_policy(checkpoint: str | Path, *, device: torch.device | None = None,

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
+from care.device import default_device, resolve_dtype
 from care.errors import CareError
 from care.train import warm
 from care.train.optimise import load_scored_batch, update_steps
 from care.train.state import PolicyState, as_state, checkpoint_state_id, replay_plan
-from care.train.toolkit import default_device, resolve_dtype
 from care.train.trainer import Trainer, restore
 
 log = logging.getLogger(__name__)

@@ -12,13 +12,11 @@ raises every round).
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 from pydantic import Field
 
+from care import identity
 from care.config import StageConfig
-from care.eval.eval_config import EvalConfig, EvalDecoding
+from care.eval_schema import EvalConfig, EvalDecoding
 from care.media.preprocess import PreprocessConfig
 from care.train.config import RLConfig
 
@@ -43,8 +41,7 @@ class RetrainConfig(StageConfig):
         """``rl.run_name``, or ``retrain-<hash of the RL config without iterations>``: stable across rounds."""
         if self.rl.run_name:
             return self.rl.run_name
-        blob = json.dumps(self.rl.model_dump(mode="json", exclude={"run_name", "iterations"}), sort_keys=True)
-        return f"retrain-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+        return identity.run_id("retrain", self.rl.model_dump(mode="json", exclude={"run_name", "iterations"}))
 
     def round_rl_config(self, done_iterations: int) -> RLConfig:
         """The RL config of the next round: the stable run id and ``rl.iterations`` more than are done."""

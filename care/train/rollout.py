@@ -30,13 +30,13 @@ from care.models.inputs import (
     model_inputs,
 )
 from care.models.loading import load_processor, stop_token_ids, suppressed_token_ids
+from care.models.rollout_config import RolloutConfig, SamplingParams
+from care.models.samples import prompt_items
 from care.models.vllm_backend import generate_vllm, logprob_gap, vllm_prompt_seeds
 from care.store.rollout_log import GENERATED_FILE, GENERATED_SCHEMA, read_rows, rollout_uid, write_rows_atomic
-from care.train.config import RolloutConfig, SamplingParams
 from care.train.gang import stage_gang
 from care.train.ranks import forward_model, gather_to_first
 from care.train.replay import compute_dtype, materialise
-from care.train.samples import prompt_items
 from care.train.state import PolicyState, as_state
 from care.train.toolkit import autocast
 

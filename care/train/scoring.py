@@ -22,17 +22,18 @@ from care.algo.consistency import consistency_bonus
 from care.algo.likelihood import answer_likelihood
 from care.algo.rewards import combine_rewards, extract_answer
 from care.data.schema import Sample
+from care.device import default_device
 from care.failpoints import failpoint
 from care.media.frame_cache import FrameCache
 from care.models.inputs import encode_prompt_completions, model_inputs
+from care.models.samples import row_template, shared_prompt_items
 from care.store.rollout_log import SCORED_FILE, SCORED_SCHEMA, read_rows, write_rows_atomic
 from care.train.config import ScoringConfig
 from care.train.gang import stage_gang
 from care.train.ranks import forward_model, gather_to_first
 from care.train.replay import compute_dtype, materialise
-from care.train.samples import row_template, shared_prompt_items
 from care.train.state import PolicyState, as_state
-from care.train.toolkit import autocast, default_device
+from care.train.toolkit import autocast
 
 
 @torch.no_grad()

@@ -31,6 +31,7 @@ from care.algo.likelihood import token_log_probs
 from care.algo.prompt import DEFAULT_TEMPLATE, PromptTemplate, prompt_template
 from care.algo.rewards import accuracy_reward, format_reward
 from care.data.schema import Sample
+from care.device import default_device, resolve_dtype
 from care.errors import CareError
 from care.failpoints import failpoint
 from care.media.frame_cache import FrameCache
@@ -43,6 +44,7 @@ from care.models.inputs import (
     model_inputs,
 )
 from care.models.loading import enable_activation_checkpointing, suppressed_token_ids
+from care.models.samples import SampleSet, prompt_items
 from care.train.checkpoint import (
     TrainingState,
     latest_complete,
@@ -51,15 +53,12 @@ from care.train.checkpoint import (
     save_checkpoint,
 )
 from care.train.data_order import batch_ids, cursor_after
-from care.train.samples import SampleSet, prompt_items
 from care.train.sft_config import SFTConfig
 from care.train.toolkit import (
     MASTER_DTYPE,
     autocast,
-    default_device,
     make_optimizer,
     make_scheduler,
-    resolve_dtype,
     step_if_finite,
 )
 

@@ -1,22 +1,24 @@
 """Typed configuration of the SFT stage (``care sft``): one frozen model, loaded from YAML.
 
 Defaults suit a real model on a GPU; ``care/configs/sft_demo.yaml`` holds the measured settings for the tiny
-model on 2 CPU cores. The same model is the ``sft`` flow's parameter schema.
+model on 2 CPU cores. The same model is the ``sft`` flow's parameter schema. The optimizer options (learning rate,
+betas, schedule, clip, precision, ...) are ``care.train.optimizer_config.OptimizerConfig``'s, shared with RL, at
+the top level of the config with SFT's defaults (``SFTOptimizer``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Literal
 
 from pydantic import Field
 
+from care import identity
 from care.media.sampling import FrameSampling
 from care.tracking import TRACKING_FIELDS, TrackingOptions
+from care.train.optimizer_config import SFTOptimizer
 
 
-class SFTConfig(TrackingOptions):
+class SFTConfig(TrackingOptions, SFTOptimizer):
     """Supervised fine-tuning on the CoT training file, loss on the assistant turn only."""
 
     run_name: str | None = Field(None, description="Run id; default derives from the config hash so a re-run resumes it.")
@@ -31,17 +33,6 @@ class SFTConfig(TrackingOptions):
     seed: int = Field(0, description="Seeds the data order and the option shuffle.")
     steps: int = Field(1000, ge=1, description="Optimizer steps (batches) to run in all, counting resumed ones.")
     batch_size: int = Field(16, ge=1, description="Samples per step.")
-    learning_rate: float = Field(1e-5, gt=0, description="AdamW peak learning rate.")
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    weight_decay_exempt: Literal["bias_and_norm", "none"] = Field(
-        "bias_and_norm", description="Parameters AdamW does not decay: 'bias_and_norm' = biases and norm weights "
-        "(the Hugging Face Trainer's rule); 'none' = every parameter.")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clip.")
-    lr_scheduler: Literal["constant", "cosine"] = Field("cosine", description="Learning-rate schedule after the warm-up.")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 on a GPU that supports it, else fp32.")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
     checkpoint_every: int = Field(200, ge=1, description="Write a resumable checkpoint every this many steps (and at the end).")
     log_every: int = Field(50, ge=1, description="Record window-mean metrics and run the sampled check every this many steps.")
     check_prompts: int = Field(16, ge=0, description="Training prompts greedily decoded at each log step for format/accuracy (0 = off).")
@@ -52,5 +43,4 @@ class SFTConfig(TrackingOptions):
         """``run_name``, or ``sft-<hash of the config>``: re-running the same config continues the same run."""
         if self.run_name:
             return self.run_name
-        blob = json.dumps(self.model_dump(mode="json", exclude={"run_name", *TRACKING_FIELDS}), sort_keys=True)
-        return f"sft-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+        return identity.run_id("sft", self.model_dump(mode="json", exclude={"run_name", *TRACKING_FIELDS}))

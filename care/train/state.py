@@ -21,15 +21,15 @@ deterministic function of the state before it and of that iteration's ``generate
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from pydantic import BaseModel
 
+from care import identity
 from care.errors import CareError
+from care.models.samples import DataSpec
 from care.store.rollout_log import GENERATED_FILE, SCORED_FILE, iteration_dir
 from care.train.config import OptimConfig
-from care.train.samples import DataSpec
 
 
 class ReplaySpec(BaseModel):
@@ -77,17 +77,15 @@ def file_sha(path: str | Path) -> str:
 
 def chain_id(previous: str, generated: str | Path, scored: str | Path, spec: ReplaySpec) -> str:
     """Id of the state after one update from state ``previous`` on these shards."""
-    blob = json.dumps([previous, file_sha(generated), file_sha(scored), spec.identity()], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    return identity.digest([previous, file_sha(generated), file_sha(scored), spec.identity()])
 
 
 def checkpoint_state_id(checkpoint: str | Path) -> str:
     """The state id a checkpoint holds: recorded in its state.json by the RL loop, else its content id."""
     from care.train.checkpoint import read_training_state
-    from care.train.policy_io import checkpoint_id
 
     recorded = read_training_state(checkpoint).extra.get("state_id")
-    return str(recorded) if recorded else checkpoint_id(checkpoint)
+    return str(recorded) if recorded else identity.checkpoint_id(checkpoint)
 
 
 def of_checkpoint(checkpoint: str | Path, *, rollouts_root: str | None = None, run_id: str | None = None,

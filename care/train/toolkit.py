@@ -20,17 +20,6 @@ from torch import nn
 MASTER_DTYPE = torch.float32
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The compute dtype: ``bf16`` as asked, ``auto`` = bf16 on a GPU that supports it, else fp32."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return torch.float32
-
-
 def autocast(device: torch.device, compute_dtype: torch.dtype) -> AbstractContextManager:
     """bf16 autocast for the forward (the backward follows it), a no-op context for fp32."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=compute_dtype == torch.bfloat16)

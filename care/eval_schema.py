@@ -1,18 +1,14 @@
-"""Typed configuration of the evaluation stage, and how a checkpoint argument is resolved.
+"""Typed options of an evaluation: ``EvalConfig`` (one checkpoint on the validation levels), its decoding and
+its consistency judges. Schema only: the evaluation itself is ``care.eval``.
 
-``checkpoint`` may be a checkpoint folder (``policy/`` inside, ``MANIFEST.json`` beside it), any
-``save_pretrained`` model folder, or a hub id. Its **content id** keys caching and the catalog rows:
-
-* a checkpoint folder: :func:`care.train.policy_io.checkpoint_id` (sha256 of its manifest, which lists every
-  file's sha256);
-* a model folder: sha256 over each file's relative path and bytes; files above 64 MiB enter by size and
-  modification time instead (hashing 15 GB of weights per evaluation would cost more than the evaluation);
-* a hub id: sha256 of the id (no revision is known offline).
+Here, below both ``care.train`` and ``care.eval``, because both build these: the RL loop's periodic evaluation
+(``RLConfig.eval``) and a retraining round's evaluation (``care.train.retrain``) on one side, the evaluation stage
+(``care.eval.evaluate``) on the other; neither package imports the other. ``EvalConfig`` is the ``evaluate``
+flow's parameter schema. The checkpoint argument's content id and folder layout are ``care.identity``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Literal
@@ -20,13 +16,15 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from care.config import StageConfig
+from care.data.benchmarks import BENCHMARKS
 from care.data.schema import ANNOTATION_FILES
-from care.eval.judge_config import JudgeConfig
+from care.identity import owning_run
 from care.media.sampling import FrameSampling
 
 PROTOCOL_FRAMES = 16
-LARGE_FILE_BYTES = 64 * 2**20
+TRANSFER_FPS, TRANSFER_MIN_FRAMES = 2.0, 4  # the reference general-video evaluation (qwen_vl_utils defaults)
 LIKELIHOOD_POLICY, LIKELIHOOD_REFERENCE = "policy", "reference"
+JUDGE_NAMES = ("rule", "reference_likelihood", "llm")
 
 
 class EvalDecoding(StageConfig):
@@ -40,6 +38,50 @@ class EvalDecoding(StageConfig):
     eos: Literal["care", "reference"] = Field(
         "care", description="What ends a completion: 'care' = <|im_end|> only; 'reference' = <|im_end|> or "
         "<|endoftext|> (the Qwen2.5-VL generation config's EOS list, which the reference's vLLM evaluation uses).")
+
+
+class LLMJudgeConfig(StageConfig):
+    """Where and how to ask the judge model."""
+
+    base_url: str = Field(description="Endpoint root of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1; "
+                          "requests go to <base_url>/chat/completions.")
+    model: str = Field(description="Model name the endpoint serves (the `model` field of the request).")
+    api_key_env: str | None = Field(
+        default=None,
+        description="Name of the environment variable holding the API key (sent as a Bearer token); the key itself "
+        "is never written in a config. None: no Authorization header (a local vLLM server needs none).",
+    )
+    timeout_s: float = Field(default=30.0, gt=0, description="Timeout of each socket operation of one request.")
+    max_tokens: int = Field(default=5, ge=1, description="Generation budget of the reply (one word is expected).")
+    max_concurrency: int = Field(default=4, ge=1, description="Requests in flight at once.")
+    max_consecutive_failures: int = Field(
+        default=5, ge=1, description="Transport failures in a row after which the remaining items are skipped."
+    )
+
+
+class JudgeConfig(StageConfig):
+    """Which judge produces the consistency rate, with its options."""
+
+    name: Literal["rule", "reference_likelihood", "llm"] = Field(
+        default="rule",
+        description="rule: the option the think block concludes on equals the answer; reference_likelihood: the "
+        "CARE answer likelihood under the reference model is above `threshold`; llm: an OpenAI-compatible chat "
+        "endpoint answers YES (needs `llm`).",
+    )
+    threshold: float = Field(
+        default=0.5, ge=0.0, lt=1.0, description="reference_likelihood only: consistent iff likelihood > threshold."
+    )
+    reference: str | None = Field(
+        default=None, description="reference_likelihood only: name of the model that scored the likelihoods "
+        "(unset: the evaluation's likelihood_model; set, it must agree with it)."
+    )
+    llm: LLMJudgeConfig | None = Field(default=None, description="llm only: endpoint, model, key variable, timeout.")
+
+    @model_validator(mode="after")
+    def _llm_needs_endpoint(self) -> JudgeConfig:
+        if self.name == "llm" and self.llm is None:
+            raise ValueError("judge 'llm' needs an `llm:` section with base_url and model")
+        return self
 
 
 def _default_judges() -> list[JudgeConfig]:
@@ -87,6 +129,11 @@ class EvalConfig(StageConfig):
         "evaluated model, default), 'reference' (the checkpoint's reference/ folder, e.g. the EMA), or a model "
         "folder / hub id.")
     confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the Wilson intervals.")
+    benchmark: str | None = Field(
+        None, description="A transfer benchmark (care.data.benchmarks: mvbench, videomme, mmvu, vsibench) read in its published "
+        "layout under data_root instead of the SEED-Bench-R1 levels. Levels are then its categories (empty = "
+        "every category found), the prompt is the benchmark's own template (`prompt` is not used) and frames "
+        "default to its protocol: 2 fps, 4 to 32 frames (frame_count fps).")
 
     @model_validator(mode="before")
     @classmethod
@@ -95,6 +142,8 @@ class EvalConfig(StageConfig):
         # preprocesses the level files with and the cache keys read
         if not isinstance(data, dict):
             return data
+        if data.get("benchmark"):
+            data = _benchmark_defaults(data)
         frames = data.get("frames")
         if isinstance(frames, FrameSampling):
             frames = frames.model_dump()
@@ -110,21 +159,29 @@ class EvalConfig(StageConfig):
         names = [j.name for j in self.judges]
         if len(set(names)) != len(names):
             raise ValueError(f"judges {names}: each judge name may appear once (it names the Parquet columns)")
-        if len(set(self.levels)) != len(self.levels) or not self.levels:
+        if self.benchmark is not None and self.benchmark not in BENCHMARKS:
+            raise ValueError(f"unknown benchmark {self.benchmark!r}; known: {', '.join(BENCHMARKS)}")
+        if len(set(self.levels)) != len(self.levels) or not (self.levels or self.benchmark):
             raise ValueError(f"levels {self.levels}: give each level once, at least one")
         for level in self.levels:
             if not re.fullmatch(r"[A-Za-z0-9_\-]+", level):
                 raise ValueError(f"level {level!r}: use letters, digits, '_' or '-' (it names files)")
         label = likelihood_label(self.likelihood_model)
         for judge in self.judges:
-            if judge.name == "reference_likelihood" and "reference" in judge.model_fields_set \
-                    and judge.reference != label:
+            if judge.name == "reference_likelihood" and judge.reference is not None and judge.reference != label:
                 raise ValueError(f"judge reference_likelihood names reference {judge.reference!r} but the "
                                  f"likelihoods come from likelihood_model {label!r}; drop one or make them agree")
         return self
 
     def annotation_file(self, level: str) -> str:
+        """The level's annotation file; for a benchmark, the level itself (its category)."""
+        if self.benchmark:
+            return level
         return ANNOTATION_FILES.get(level, f"validation_{level}.jsonl")
+
+    def prompt_name(self) -> str:
+        """The prompt template name evaluation uses: the benchmark's own, else ``prompt``."""
+        return self.benchmark or self.prompt
 
     def judge_configs(self) -> list[JudgeConfig]:
         """The judges, with ``reference`` set to the model that really scored the likelihoods."""
@@ -139,56 +196,19 @@ class EvalConfig(StageConfig):
         return self.run_id or owning_run(self.checkpoint) or f"eval-{content_id[:10]}"
 
 
+def _benchmark_defaults(data: dict) -> dict:
+    """A benchmark's defaults where the input leaves them out: every category, its frame protocol."""
+    data = dict(data)
+    data.setdefault("levels", [])
+    if "frames" not in data and "frame_count" not in data:
+        maximum = BENCHMARKS[data["benchmark"]].max_frames if data["benchmark"] in BENCHMARKS else 32
+        data["frames"] = {"fps": TRANSFER_FPS, "min_frames": TRANSFER_MIN_FRAMES, "max_frames": maximum}
+        data["frame_count"] = "fps"
+    return data
+
+
 def likelihood_label(likelihood_model: str) -> str:
     """The name recorded with likelihood verdicts: 'policy', 'reference', or the model folder's name."""
     if likelihood_model in (LIKELIHOOD_POLICY, LIKELIHOOD_REFERENCE):
         return likelihood_model
     return Path(likelihood_model.rstrip("/")).name or likelihood_model
-
-
-def is_checkpoint_folder(path: str | Path) -> bool:
-    p = Path(path)
-    return (p / "policy").is_dir() and (p / "MANIFEST.json").is_file()
-
-
-def model_path(checkpoint: str) -> str:
-    """What ``from_pretrained`` loads: ``<checkpoint>/policy`` for a checkpoint folder, else the argument."""
-    return str(Path(checkpoint) / "policy") if is_checkpoint_folder(checkpoint) else checkpoint
-
-
-def reference_model_path(checkpoint: str) -> str:
-    from care.errors import CareError
-
-    if not (Path(checkpoint) / "reference").is_dir():
-        raise CareError(f"{checkpoint}: likelihood_model 'reference' needs a checkpoint folder with reference/; "
-                        "use 'policy' or a model folder")
-    return str(Path(checkpoint) / "reference")
-
-
-def owning_run(checkpoint: str) -> str | None:
-    """``<run>`` when the checkpoint lives at ``.../runs/<run>/checkpoints/<name>``."""
-    parts = Path(checkpoint).resolve().parts if Path(checkpoint).exists() else ()
-    if len(parts) >= 4 and parts[-2] == "checkpoints" and parts[-4] == "runs":
-        return parts[-3]
-    return None
-
-
-def content_id(checkpoint: str) -> str:
-    """Content id (16 hex digits) of a checkpoint folder, model folder or hub id (see the module docstring)."""
-    path = Path(checkpoint)
-    if is_checkpoint_folder(path):
-        from care.train.policy_io import checkpoint_id
-
-        return checkpoint_id(path)
-    digest = hashlib.sha256()
-    if not path.is_dir():
-        digest.update(f"hub:{checkpoint}".encode())
-        return digest.hexdigest()[:16]
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        stat = file.stat()
-        digest.update(str(file.relative_to(path)).encode() + b"\0")
-        if stat.st_size > LARGE_FILE_BYTES:
-            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
-        else:
-            digest.update(hashlib.sha256(file.read_bytes()).digest())
-    return digest.hexdigest()[:16]

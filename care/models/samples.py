@@ -18,6 +18,7 @@ from pydantic import Field
 from care.algo.prompt import DEFAULT_TEMPLATE, PromptTemplate, build_messages, template_by_id
 from care.config import StageConfig
 from care.data.annotations import load_annotations
+from care.data.benchmarks import get_benchmark, load_levels
 from care.data.schema import Sample
 from care.errors import CareError
 from care.media.cache import CacheMissError
@@ -39,19 +40,26 @@ class SampleSet:
 
 
 def load_sample_set(data_root: str | Path, annotation_file: str, cache: FrameCache, *, seed: int = 0,
-                    shuffle_options: bool = True, with_media: bool = False):
+                    shuffle_options: bool = True, with_media: bool = False, benchmark: str | None = None):
     """Validated samples whose media are all in the frame cache.
+
+    ``benchmark``: read the transfer benchmark of that name (``care.data.benchmarks``) under ``data_root`` and
+    keep the samples of the level ``annotation_file`` names (its rejected rows are the whole benchmark's).
 
     Rows that fail validation are counted (``care preprocess`` records them in ``rejects``); samples whose
     video or image is quarantined or not cached are excluded and listed, never an error, unless none is left.
     ``with_media``: return ``(sample set, absolute paths of every valid row's media)``.
     """
     path = Path(annotation_file)
-    if not path.is_absolute():
-        path = Path(data_root) / "annotations" / path
-    if not path.is_file():
-        raise CareError(f"{path}: annotation file not found; check --data-root and the annotation name")
-    loaded = load_annotations(path, data_root, seed=seed, shuffle_options=shuffle_options)
+    if benchmark:
+        path = Path(data_root) / f"{benchmark}:{annotation_file}"  # names the level in messages
+        loaded = load_levels(benchmark, data_root, [annotation_file])
+    else:
+        if not path.is_absolute():
+            path = Path(data_root) / "annotations" / path
+        if not path.is_file():
+            raise CareError(f"{path}: annotation file not found; check --data-root and the annotation name")
+        loaded = load_annotations(path, data_root, seed=seed, shuffle_options=shuffle_options)
     usable, excluded = [], []
     for sample in loaded.samples:
         if cache.contains(sample):
@@ -78,8 +86,8 @@ def prompt_item(sample: Sample, media: CachedSample, *, template: PromptTemplate
     ``fixed_1s`` at 1 s per temporal patch whatever the rate (the reference's training).
     """
     has_video = media.frames is not None
-    messages = build_messages(sample.question, sample.options, has_video=has_video, has_image=True,
-                              template=template)
+    messages = build_messages(sample.question, sample.options, has_video=has_video,
+                              has_image=media.image is not None, template=template)
     seconds = FIXED_SECONDS_PER_GRID if has_video and temporal == "fixed_1s" else None
     return PromptItem(messages=messages, video=media.frames, image=media.image, seconds_per_grid=seconds)
 
@@ -122,6 +130,8 @@ class DataSpec(StageConfig):
     sampling: FrameSampling = Field(default_factory=FrameSampling, description="Frame sampling of the cache entries.")
     seed: int = Field(0, description="Seed of the per-row option shuffle.")
     shuffle_options: bool = Field(True, description="Shuffle the options of training rows.")
+    benchmark: str | None = Field(None, description="A transfer benchmark (care.data.benchmarks): then "
+                                  "annotation_file names its level.")
 
     def cache(self) -> FrameCache:
         return FrameCache(self.cache_root, self.sampling, self.data_root)
@@ -140,7 +150,8 @@ class DataSpec(StageConfig):
         if known is not None and known.outer == outer and known.media == _media_fingerprint(known.paths):
             return known.samples
         samples, media = load_sample_set(self.data_root, self.annotation_file, self.cache(), seed=self.seed,
-                                         shuffle_options=self.shuffle_options, with_media=True)
+                                         shuffle_options=self.shuffle_options, with_media=True,
+                                         benchmark=self.benchmark)
         paths = tuple(sorted(media))
         _LOADED[key] = _Loaded(samples=samples, paths=paths, outer=outer, media=_media_fingerprint(paths))
         return samples
@@ -172,12 +183,15 @@ def _outer_fingerprint(spec: DataSpec) -> tuple:
     path = Path(spec.annotation_file)
     if not path.is_absolute():
         path = Path(spec.data_root) / "annotations" / path
+    annotations = _stat(path)
+    if spec.benchmark:
+        annotations = tuple(_stat(p) for p in get_benchmark(spec.benchmark).annotation_files(Path(spec.data_root)))
     try:
         with os.scandir(spec.cache_root) as it:
             cache = tuple(sorted((e.name, e.stat().st_mtime_ns) for e in it if e.is_dir()))
     except OSError:
         cache = ()
-    return _stat(path), _stat(spec.cache_root), cache
+    return annotations, _stat(spec.cache_root), cache
 
 
 def _media_fingerprint(media: Sequence[str]) -> tuple:
