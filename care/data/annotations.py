@@ -151,18 +151,18 @@ def _parse_row(raw: bytes, *, split: str, file: str, line: int, seed: int, shuff
                data_root: Path) -> Sample:  # data_root: resolved
     row = _decode(raw)
     sample_id = _sample_id(row)
-    question = _text(row, "question")
+    question = text_field(row, "question")
     progress = row.get("task_progress_metadata")
     if "task_progress_metadata" not in row:
         raise RowError("missing field 'task_progress_metadata' (use [] for an image-only sample)")
     if not isinstance(progress, list):
-        raise RowError(f"field 'task_progress_metadata' must be a list, got {_kind(progress)}")
-    source = _text(row, "video_source")
-    image = _media_path(data_root, "images", source, _text(row, "current_observation_basename"),
+        raise RowError(f"field 'task_progress_metadata' must be a list, got {json_kind(progress)}")
+    source = text_field(row, "video_source")
+    image = _media_path(data_root, "images", source, text_field(row, "current_observation_basename"),
                         "current_observation_basename")
     video = None
     if progress:
-        video = _media_path(data_root, "videos", source, _text(row, "video_basename"), "video_basename")
+        video = _media_path(data_root, "videos", source, text_field(row, "video_basename"), "video_basename")
     if "golden_choice_idx" in row or any(c in row for c in CHOICE_FIELDS):
         options, answer, meta = _validation_options(row)
     else:
@@ -184,21 +184,23 @@ def _decode(raw: bytes) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise RowError(f"malformed JSON: {exc.msg} at column {exc.colno}") from None
     if not isinstance(row, dict):
-        raise RowError(f"row must be a JSON object, got {_kind(row)}")
+        raise RowError(f"row must be a JSON object, got {json_kind(row)}")
     return row
 
 
-def _kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """The JSON name of a value's type, for messages (``object``, ``list``, ``string``, ...)."""
     return {dict: "object", list: "list", str: "string", bool: "boolean", int: "integer", float: "number",
             type(None): "null"}.get(type(value), type(value).__name__)
 
 
-def _text(row: dict[str, Any], name: str) -> str:
+def text_field(row: dict[str, Any], name: str) -> str:
+    """``row[name]``, a non-empty string, or a RowError naming the field."""
     if name not in row:
         raise RowError(f"missing field {name!r}")
     value = row[name]
     if not isinstance(value, str):
-        raise RowError(f"field {name!r} must be a string, got {_kind(value)}")
+        raise RowError(f"field {name!r} must be a string, got {json_kind(value)}")
     if not value.strip():
         raise RowError(f"field {name!r} is empty")
     return value
@@ -211,7 +213,7 @@ def _sample_id(row: dict[str, Any]) -> str:
         raise RowError("missing field 'sample_id'")
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    return _text(row, "sample_id")
+    return text_field(row, "sample_id")
 
 
 def _media_path(resolved_root: Path, kind: str, source: str, basename: str, name: str) -> str:
@@ -230,7 +232,7 @@ def _media_path(resolved_root: Path, kind: str, source: str, basename: str, name
 
 
 def _validation_options(row: dict[str, Any]) -> tuple[tuple[str, str, str, str], str, dict]:
-    options = tuple(_text(row, name) for name in CHOICE_FIELDS)
+    options = tuple(text_field(row, name) for name in CHOICE_FIELDS)
     gold = row.get("golden_choice_idx")
     if "golden_choice_idx" not in row:
         raise RowError("missing field 'golden_choice_idx' (a letter A-D)")
@@ -238,7 +240,7 @@ def _validation_options(row: dict[str, Any]) -> tuple[tuple[str, str, str, str],
         raise RowError(f"field 'golden_choice_idx' must be one of A, B, C, D, got {gold!r}")
     gold = gold.strip()
     if "answer" in row:  # validation rows also carry the gold text; it must agree with the letter
-        answer = _text(row, "answer")
+        answer = text_field(row, "answer")
         if answer not in options:
             raise RowError(f"answer {answer!r} is not among the options choice_a..choice_d")
         if options[LETTERS.index(gold)] != answer:
@@ -249,12 +251,12 @@ def _validation_options(row: dict[str, Any]) -> tuple[tuple[str, str, str, str],
 
 def _training_options(row: dict[str, Any], sample_id: str, *, seed: int,
                       shuffle: bool) -> tuple[tuple[str, str, str, str], str, dict]:
-    answer = _text(row, "answer")
+    answer = text_field(row, "answer")
     negatives = row.get("negative_answers")
     if "negative_answers" not in row:
         raise RowError("missing field 'negative_answers'")
     if not isinstance(negatives, list):
-        raise RowError(f"field 'negative_answers' must be a list of strings, got {_kind(negatives)}")
+        raise RowError(f"field 'negative_answers' must be a list of strings, got {json_kind(negatives)}")
     for i, neg in enumerate(negatives):
         if not isinstance(neg, str) or not neg.strip():
             raise RowError(f"field 'negative_answers[{i}]' must be a non-empty string, got {neg!r}")
@@ -287,7 +289,7 @@ def _cot(row: dict[str, Any], *, required: bool) -> str | None:
         if required:
             raise RowError(f"missing reasoning field (one of {', '.join(COT_FIELDS)}) in a CoT row")
         return None
-    text = _text(row, name)
+    text = text_field(row, name)
     match = _THINK.search(text)
     reasoning = match.group(1) if match else _ANSWER_BLOCK.sub("", text)
     reasoning = _TAG.sub("", reasoning).strip()

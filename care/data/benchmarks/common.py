@@ -6,9 +6,8 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
-from care.data.annotations import LoadResult, RowError
+from care.data.annotations import LoadResult, RowError, json_kind
 from care.data.schema import Reject, Sample
 from care.errors import CareError
 
@@ -50,22 +49,6 @@ class Benchmark:
         return root
 
 
-def kind(value: Any) -> str:
-    return {dict: "object", list: "list", str: "string", bool: "boolean", int: "integer", float: "number",
-            type(None): "null"}.get(type(value), type(value).__name__)
-
-
-def text_field(row: dict, name: str) -> str:
-    if name not in row:
-        raise RowError(f"missing field {name!r}")
-    value = row[name]
-    if not isinstance(value, str):
-        raise RowError(f"field {name!r} must be a string, got {kind(value)}")
-    if not value.strip():
-        raise RowError(f"field {name!r} is empty")
-    return value
-
-
 def media_path(root: Path, rel: str, name: str) -> str:
     """``rel`` (POSIX, relative to the root) checked to stay inside the resolved root."""
     parts = PurePosixPath(rel.replace("\\", "/"))
@@ -78,7 +61,7 @@ def media_path(root: Path, rel: str, name: str) -> str:
 
 def check_options(options: list, name: str) -> tuple[str, ...]:
     if not isinstance(options, list) or not 2 <= len(options) <= MAX_OPTIONS:
-        got = f"{len(options)} options" if isinstance(options, list) else kind(options)
+        got = f"{len(options)} options" if isinstance(options, list) else json_kind(options)
         raise RowError(f"field {name!r} must be a list of 2 to {MAX_OPTIONS} options, got {got}")
     for i, option in enumerate(options):
         if not isinstance(option, str) or not option.strip():

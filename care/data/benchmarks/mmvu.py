@@ -18,15 +18,13 @@ import json
 import re
 from pathlib import Path
 
-from care.data.annotations import LoadResult, RowError
+from care.data.annotations import LoadResult, RowError, json_kind, text_field
 from care.data.benchmarks.common import (
     LETTERS,
     Benchmark,
     Collector,
     check_options,
-    kind,
     media_path,
-    text_field,
 )
 from care.data.schema import Sample
 
@@ -46,7 +44,7 @@ def read(root: Path) -> LoadResult:
         out.reject(path, 0, f"not a readable JSON file ({exc}); re-download it")
         return out.result
     if not isinstance(rows, list):
-        out.reject(path, 0, f"must hold a JSON list of rows, got {kind(rows)}")
+        out.reject(path, 0, f"must hold a JSON list of rows, got {json_kind(rows)}")
         return out.result
     for i, row in enumerate(rows, start=1):
         out.add(path, i, lambda row=row, i=i: _sample(root, path, i, row))
@@ -63,14 +61,14 @@ def level_of(subject: str) -> str:
 
 def _sample(root: Path, path: Path, row_no: int, row) -> Sample:
     if not isinstance(row, dict):
-        raise RowError(f"row must be a JSON object, got {kind(row)}")
+        raise RowError(f"row must be a JSON object, got {json_kind(row)}")
     question_type = text_field(row, "question_type")
     if question_type != "multiple-choice":
         raise RowError(f"not supported: {question_type} question (free-text answer); the letter rule cannot "
                        "score it")
     choices = row.get("choices")
     if not isinstance(choices, dict):
-        raise RowError(f"field 'choices' must be an object of letter -> text, got {kind(choices)}")
+        raise RowError(f"field 'choices' must be an object of letter -> text, got {json_kind(choices)}")
     texts = [choices.get(letter, "") for letter in LETTERS]
     while texts and not (isinstance(texts[-1], str) and texts[-1].strip()):
         texts.pop()

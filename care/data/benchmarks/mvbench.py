@@ -18,15 +18,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from care.data.annotations import LoadResult, RowError
+from care.data.annotations import LoadResult, RowError, json_kind, text_field
 from care.data.benchmarks.common import (
     LETTERS,
     Benchmark,
     Collector,
     check_options,
-    kind,
     media_path,
-    text_field,
 )
 from care.data.schema import Sample
 
@@ -68,7 +66,7 @@ def read(root: Path) -> LoadResult:
             out.reject(path, 0, f"not a readable JSON file ({exc}); re-download it")
             continue
         if not isinstance(rows, list):
-            out.reject(path, 0, f"must hold a JSON list of rows, got {kind(rows)}")
+            out.reject(path, 0, f"must hold a JSON list of rows, got {json_kind(rows)}")
             continue
         for i, row in enumerate(rows, start=1):
             out.add(path, i, lambda path=path, task=task, row=row, i=i: _sample(root, path, task, i, row))
@@ -77,7 +75,7 @@ def read(root: Path) -> LoadResult:
 
 def _sample(root: Path, path: Path, task: str, row_no: int, row) -> Sample:
     if not isinstance(row, dict):
-        raise RowError(f"row must be a JSON object, got {kind(row)}")
+        raise RowError(f"row must be a JSON object, got {json_kind(row)}")
     folder, media = TASKS[task]
     if media != "video":
         raise RowError(f"not supported: task {task} gives each row a folder of frames, not a video file")

@@ -17,14 +17,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from care.data.annotations import LoadResult, RowError
+from care.data.annotations import LoadResult, RowError, text_field
 from care.data.benchmarks.common import (
     LETTERS,
     Benchmark,
     check_options,
     media_path,
     read_parquet_rows,
-    text_field,
 )
 from care.data.schema import Sample
 
