@@ -133,6 +133,31 @@ def make_mmvu(root: Path) -> Path:
     return root
 
 
+def make_tempcompass(root: Path) -> Path:
+    """multi-choice/test-00000-of-00001.parquet + videos/<video_id>.mp4: 3 good rows (two aspects, one with five
+    options), 4 bad rows; a yes/no file beside it that is not read."""
+    (root / "multi-choice").mkdir(parents=True)
+    (root / "yes_no").mkdir()
+    for vid in ("1006953455", "1011736526"):
+        _video(root / "videos" / f"{vid}.mp4")
+
+    def row(vid, question, answer, dim="direction"):
+        return {"video_id": vid, "question": question, "answer": answer, "dim": dim}
+
+    rows = [row("1006953455", "In which direction is the car moving?\nA. left\nB. right\nC. towards the camera\n"
+                "D. away from the camera", "B. right"),
+            row("1006953455", "How fast is the car moving?\nA. slowly\nB. fast", "A. slowly", dim="speed"),
+            row("1011736526", "What happens first?\nA. a\nB. b\nC. c\nD. d\nE. e", "E. e", dim="order"),
+            row("1011736526", "In which direction?\nA. up\nC. down", "A. up"),                       # row 4
+            row("1011736526", "In which direction?\nA. up\nB. down", "B. sideways"),                 # row 5
+            row("1011736526", "In which direction?\nA. up\nB. down", "C"),                           # row 6
+            row("1011736526", "Only a question?", "A. up")]                                           # row 7
+    pq.write_table(pa.Table.from_pylist(rows), root / "multi-choice/test-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist([row("1006953455", "Is the car moving left?", "no")]),
+                   root / "yes_no/test-00000-of-00001.parquet")
+    return root
+
+
 def _reasons(loaded) -> dict[tuple[str, int], str]:
     return {(Path(r.file).name, r.line): r.reason for r in loaded.rejects}
 
@@ -204,6 +229,26 @@ def test_mmvu_keeps_the_multiple_choice_questions_levelled_by_subject(tmp_path):
     assert len(loaded.rejects) == 3
 
 
+def test_tempcompass_splits_the_question_into_options_and_levels_by_aspect(tmp_path):
+    root = make_tempcompass(tmp_path / "tempcompass")
+    loaded = load_levels("tempcompass", root)
+    assert [(s.sample_id, s.split, s.answer, s.video) for s in loaded.samples] == [
+        ("direction/1006953455/1", "direction", "B", "videos/1006953455.mp4"),
+        ("speed/1006953455/2", "speed", "A", "videos/1006953455.mp4"),
+        ("order/1011736526/3", "order", "E", "videos/1011736526.mp4")]
+    first = loaded.samples[0]
+    assert first.question == "In which direction is the car moving?" and first.image is None
+    assert first.options == ("left", "right", "towards the camera", "away from the camera")
+    reasons = _reasons(loaded)
+    parquet = "test-00000-of-00001.parquet"
+    assert reasons[(parquet, 4)] == "field 'question': option line 2 must start with 'B. ', got 'C. down'"
+    assert reasons[(parquet, 5)] == "field 'answer' 'B. sideways' does not match option B 'down' of the question"
+    assert reasons[(parquet, 6)] == "field 'answer' must be a lettered option ('A. ...' to 'B. ...'), got 'C'"
+    assert "list of 2 to 10 options, got 0 options" in reasons[(parquet, 7)]
+    assert len(loaded.rejects) == 4  # the yes/no part is not read
+    assert [s.split for s in load_levels("tempcompass", root, ["speed"]).samples] == ["speed"]
+
+
 def test_every_benchmark_has_its_evaluation_template():
     from care.algo.prompt import TRANSFER_BENCHMARKS
 
@@ -211,7 +256,7 @@ def test_every_benchmark_has_its_evaluation_template():
 
 
 def test_missing_root_or_unknown_name_says_what_to_do(tmp_path):
-    with pytest.raises(BenchmarkError, match="known: mvbench, videomme, mmvu, vsibench"):
+    with pytest.raises(BenchmarkError, match="known: mvbench, videomme, mmvu, vsibench, tempcompass"):
         get_benchmark("mvbnech")
     with pytest.raises(BenchmarkError, match=r"data root not found; download it from https://huggingface.co/"
                                              r"datasets/OpenGVLab/MVBench"):
@@ -262,13 +307,13 @@ def test_eval_config_takes_the_benchmark_protocol():
         2.0, 4, 32, None)
     assert config.annotation_file("short") == "short"
     assert EvalConfig(checkpoint="m", data_root="d").levels == ["L1", "L2", "L3"]  # unchanged without one
-    with pytest.raises(ValueError, match="unknown benchmark 'nope'; known: mvbench, videomme, mmvu, vsibench"):
+    with pytest.raises(ValueError, match="unknown benchmark 'nope'; known: mvbench, videomme, mmvu, vsibench, tempcompass"):
         EvalConfig(checkpoint="m", data_root="d", benchmark="nope")
 
 
 def test_care_eval_benchmark_errors_are_one_line(tmp_path, capsys):
     code, _, err = care_in_process(capsys, "eval", "m", "--benchmark", "nope", "--data-root", str(tmp_path))
-    assert code != 0 and "unknown benchmark 'nope'; known: mvbench, videomme, mmvu, vsibench" in err and "Traceback" not in err
+    assert code != 0 and "unknown benchmark 'nope'; known: mvbench, videomme, mmvu, vsibench, tempcompass" in err and "Traceback" not in err
     code, _, err = care_in_process(capsys, "eval", "m", "--benchmark", "videomme", "--data-root",
                                    str(tmp_path / "absent"))
     assert code != 0 and "Traceback" not in err

@@ -19,8 +19,8 @@ def compare_command(
     algos: str = typer.Option("grpo,grpo_care", help="Comma-separated algorithms (care.algo.algorithms): grpo_care, grpo (the paper's baseline, KL 0.1), grpo_nokl, dr_grpo, rloo."),
     seeds: int = typer.Option(5, min=1, help="Number of RL seeds (0..N-1), run from every SFT checkpoint."),
     sft_seeds: int = typer.Option(1, "--sft-seeds", min=1, help="Number of SFT seeds (the pipeline's seed S, then "
-                                  "S+1 .. S+M-1), each its own SFT checkpoint. The issue's reproduction wants >= 2 "
-                                  "(--sft-seeds 2): each adds one SFT run (~2 min on 2 cores for the demo) and "
+                                  "S+1 .. S+M-1), each its own SFT checkpoint. Use >= 2 (--sft-seeds 2) "
+                                  "so the interval covers the SFT checkpoint too: each adds one SFT run (~2 min on 2 cores for the demo) and "
                                   "len(algos) x N RL arms (~3 min each there), so 2 x 2 x 5 = 20 arms is about an "
                                   "hour after `care run`; 1 SFT seed makes the CI conditional on that checkpoint."),
     config: Path = typer.Option(None, "--config", "-c", help="Pipeline config YAML (default: the demo)."),
