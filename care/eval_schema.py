@@ -130,7 +130,7 @@ class EvalConfig(StageConfig):
         "folder / hub id.")
     confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the Wilson intervals.")
     benchmark: str | None = Field(
-        None, description="A transfer benchmark (care.data.benchmarks: mvbench, videomme, mmvu, vsibench, tempcompass) read in its published "
+        None, description="A transfer benchmark (care.data.benchmarks: mvbench, videomme, mmvu, vsibench, tempcompass, videommmu) read in its published "
         "layout under data_root instead of the SEED-Bench-R1 levels. Levels are then its categories (empty = "
         "every category found), the prompt is the benchmark's own template (`prompt` is not used) and frames "
         "default to its protocol: 2 fps, 4 to 32 frames (frame_count fps).")

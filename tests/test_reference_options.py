@@ -209,7 +209,7 @@ def test_reference_templates_reproduce_the_official_text(question):
 
 def test_templates_are_registered_once_and_found_by_id():
     ids = [t.template_id for t in TEMPLATES.values()]
-    assert len(ids) == len(set(ids)) == 8  # care, reference train + eval, 5 transfer benchmarks
+    assert len(ids) == len(set(ids)) == 9  # care, reference train + eval, 6 transfer benchmarks
     for t in TEMPLATES.values():
         assert template_by_id(t.template_id) is t
     assert prompt_template() is DEFAULT_TEMPLATE and DEFAULT_TEMPLATE.template_id == "care@seedbench-r1-v1"

@@ -158,6 +158,30 @@ def make_tempcompass(root: Path) -> Path:
     return root
 
 
+def make_videommmu(root: Path) -> Path:
+    """Perception/ and Adaptation/ test parquet + <Discipline>/<id>.mp4: 3 good rows (one video in two tracks,
+    lettered and plain options), 4 bad rows."""
+    for track in ("Perception", "Adaptation"):
+        (root / track).mkdir(parents=True)
+    _video(root / "Engineering" / "validation_Computer_Science_1.mp4")
+    _video(root / "Art" / "validation_Art_Theory_2.mp4")
+
+    def row(sid, options, answer, question_type="multiple-choice"):
+        return {"id": sid, "question": f"Question on {sid}?", "options": options, "answer": answer,
+                "question_type": question_type}
+
+    perception = [row("validation_Computer_Science_1", ["A. stack", "B. queue", "C. heap", ""], "B", "perception"),
+                  row("validation_Art_Theory_2", ["red", "blue"], "A"),
+                  row("validation_Astrology_3", ["a", "b"], "A"),                              # row 3
+                  row("validation_Art_Theory_2", ["red", "blue"], "C")]                        # row 4
+    adaptation = [row("validation_Computer_Science_1", ["O(n)", "O(log n)", "O(1)"], "C"),
+                  row("validation_Art_Theory_2", [], "12", "open"),                            # row 2
+                  row("Art_Theory", ["red", "blue"], "A")]                                     # row 3
+    pq.write_table(pa.Table.from_pylist(perception), root / "Perception/test-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist(adaptation), root / "Adaptation/test-00000-of-00001.parquet")
+    return root
+
+
 def _reasons(loaded) -> dict[tuple[str, int], str]:
     return {(Path(r.file).name, r.line): r.reason for r in loaded.rejects}
 
@@ -249,6 +273,24 @@ def test_tempcompass_splits_the_question_into_options_and_levels_by_aspect(tmp_p
     assert [s.split for s in load_levels("tempcompass", root, ["speed"]).samples] == ["speed"]
 
 
+def test_videommmu_keeps_the_multiple_choice_questions_levelled_by_track(tmp_path):
+    root = make_videommmu(tmp_path / "videommmu")
+    loaded = load_levels("videommmu", root)
+    assert [(s.sample_id, s.split, s.answer, s.video) for s in loaded.samples] == [
+        ("Perception/validation_Computer_Science_1", "Perception", "B", "Engineering/validation_Computer_Science_1.mp4"),
+        ("Perception/validation_Art_Theory_2", "Perception", "A", "Art/validation_Art_Theory_2.mp4"),
+        ("Adaptation/validation_Computer_Science_1", "Adaptation", "C", "Engineering/validation_Computer_Science_1.mp4")]
+    assert loaded.samples[0].options == ("stack", "queue", "heap")  # prefixes and the trailing empty option dropped
+    assert loaded.samples[2].options == ("O(n)", "O(log n)", "O(1)")
+    reasons = {(Path(r.file).parent.name, r.line): r.reason for r in loaded.rejects}
+    assert "subject 'Astrology' is not one of MMMU's 30 subjects" in reasons[("Perception", 3)]
+    assert reasons[("Perception", 4)] == "field 'answer' must be one of A, B, got 'C'"
+    assert reasons[("Adaptation", 2)].startswith("not supported: open question")
+    assert reasons[("Adaptation", 3)] == "field 'id' must be <split>_<Subject>_<n>, got 'Art_Theory'"
+    assert len(loaded.rejects) == 4
+    assert [s.split for s in load_levels("videommmu", root, ["Adaptation"]).samples] == ["Adaptation"]
+
+
 def test_every_benchmark_has_its_evaluation_template():
     from care.algo.prompt import TRANSFER_BENCHMARKS
 
@@ -256,7 +298,7 @@ def test_every_benchmark_has_its_evaluation_template():
 
 
 def test_missing_root_or_unknown_name_says_what_to_do(tmp_path):
-    with pytest.raises(BenchmarkError, match="known: mvbench, videomme, mmvu, vsibench, tempcompass"):
+    with pytest.raises(BenchmarkError, match="known: mvbench, videomme, mmvu, vsibench, tempcompass, videommmu"):
         get_benchmark("mvbnech")
     with pytest.raises(BenchmarkError, match=r"data root not found; download it from https://huggingface.co/"
                                              r"datasets/OpenGVLab/MVBench"):
@@ -307,13 +349,13 @@ def test_eval_config_takes_the_benchmark_protocol():
         2.0, 4, 32, None)
     assert config.annotation_file("short") == "short"
     assert EvalConfig(checkpoint="m", data_root="d").levels == ["L1", "L2", "L3"]  # unchanged without one
-    with pytest.raises(ValueError, match="unknown benchmark 'nope'; known: mvbench, videomme, mmvu, vsibench, tempcompass"):
+    with pytest.raises(ValueError, match="unknown benchmark 'nope'; known: mvbench, videomme, mmvu, vsibench, tempcompass, videommmu"):
         EvalConfig(checkpoint="m", data_root="d", benchmark="nope")
 
 
 def test_care_eval_benchmark_errors_are_one_line(tmp_path, capsys):
     code, _, err = care_in_process(capsys, "eval", "m", "--benchmark", "nope", "--data-root", str(tmp_path))
-    assert code != 0 and "unknown benchmark 'nope'; known: mvbench, videomme, mmvu, vsibench, tempcompass" in err and "Traceback" not in err
+    assert code != 0 and "unknown benchmark 'nope'; known: mvbench, videomme, mmvu, vsibench, tempcompass, videommmu" in err and "Traceback" not in err
     code, _, err = care_in_process(capsys, "eval", "m", "--benchmark", "videomme", "--data-root",
                                    str(tmp_path / "absent"))
     assert code != 0 and "Traceback" not in err

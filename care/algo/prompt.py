@@ -10,7 +10,8 @@ template per purpose (``prompt_template(name, purpose)``, purpose ``train`` or `
   single-letter request. Its training (``src/r1-v/src/open_r1/grpo.py``) and evaluation
   (``src/eval_bench.py``) wordings differ: training asks for reasoning "between the <think> </think> tags",
   evaluation "between the <think> and </think> tags" (the same for the answer tags).
-* one per transfer benchmark (``mvbench``, ``videomme``, ``mmvu``, ``vsibench``, ``tempcompass``;
+* one per transfer benchmark (``mvbench``, ``videomme``, ``mmvu``, ``vsibench``, ``tempcompass``,
+  ``videommmu``;
   ``care.data.benchmarks``), evaluation only: the
   reference code's general-video evaluation prompt (``src/eval_bench.py``, ``general_video_bench`` mode), whose
   text for a multiple-choice row is the ``reference`` evaluation text (question, ``"Options:"``, one ``"A. ..."``
@@ -41,7 +42,7 @@ PROMPT_TEMPLATE = "{question}\nOptions:\n{options}" + INSTRUCTION
 OPTION_LETTERS = tuple("ABCDEFGHIJ")
 """Option letters; SEED-Bench-R1 rows have four options, transfer benchmarks up to ten."""
 
-TRANSFER_BENCHMARKS = ("mvbench", "videomme", "mmvu", "vsibench", "tempcompass")
+TRANSFER_BENCHMARKS = ("mvbench", "videomme", "mmvu", "vsibench", "tempcompass", "videommmu")
 """Transfer benchmarks with an evaluation template of their own (``care.data.benchmarks`` reads them)."""
 TRANSFER_VERSION = "b0628fc-general-eval"
 

@@ -58,7 +58,7 @@ def eval_command(
     checkpoint: str = typer.Option(None, "--checkpoint", "-k",
                                    help="Checkpoint folder (with policy/), model folder or hub id."),
     benchmark: str = typer.Option(None, "--benchmark", "-b",
-                                  help="A transfer benchmark (mvbench, videomme, mmvu, vsibench, tempcompass) in its published layout under "
+                                  help="A transfer benchmark (mvbench, videomme, mmvu, vsibench, tempcompass, videommmu) in its published layout under "
                                   "--data-root (default data/<name>); levels are then its categories."),
     levels: str = typer.Option(None, "--levels", "-l", help="Comma-separated levels, e.g. L1,L2,L3 (default all three)."),
     data_root: str = typer.Option(None, "--data-root", "-d", help="Dataset root (default: the config's)."),

@@ -3,7 +3,7 @@
 One module per benchmark, each an :class:`~care.data.benchmarks.common.Benchmark` (what its root holds, where
 to download it, how a row becomes a sample); ``BENCHMARKS`` is the registry ``care eval --benchmark NAME``
 looks names up in. Levels are the benchmark's categories (``Sample.split``): MVBench's task, Video-MME's
-duration, MMVU's subject, VSI-Bench's question type, TempCompass's temporal aspect. Samples are video-only
+duration, MMVU's subject, VSI-Bench's question type, TempCompass's temporal aspect, Video-MMMU's track. Samples are video-only
 (``Sample.image`` is None). Rows that cannot be used are rejects naming the file, row and field; rows of a kind care does not evaluate (e.g. a frame-folder task) are rejects whose reason
 starts with ``not supported:``. The prompt (``care.algo.prompt``, one template per benchmark) and the answer
 rule (first answer tag, exact letter) are those of the reference code's general-video evaluation.
@@ -14,11 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from care.data.annotations import LoadResult
-from care.data.benchmarks import mmvu, mvbench, tempcompass, videomme, vsibench
+from care.data.benchmarks import mmvu, mvbench, tempcompass, videomme, videommmu, vsibench
 from care.data.benchmarks.common import Benchmark, BenchmarkError
 
 BENCHMARKS: dict[str, Benchmark] = {
-    b.name: b for b in (mvbench.BENCHMARK, videomme.BENCHMARK, mmvu.BENCHMARK, vsibench.BENCHMARK, tempcompass.BENCHMARK)}
+    b.name: b for b in (mvbench.BENCHMARK, videomme.BENCHMARK, mmvu.BENCHMARK, vsibench.BENCHMARK, tempcompass.BENCHMARK,
+                        videommmu.BENCHMARK)}
 
 
 def get_benchmark(name: str) -> Benchmark:
