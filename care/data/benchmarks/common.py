@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from care.errors import CareError
 
 MAX_OPTIONS = 10  # option letters A..J (care.algo.prompt.OPTION_LETTERS)
 LETTERS = string.ascii_uppercase[:MAX_OPTIONS]
+LETTERED = re.compile(r"^([A-J])\.\s*(.*)$", re.DOTALL)
+"""An option or answer written with its letter: ``"B. clockwise"`` -> ("B", "clockwise")."""
 
 
 class BenchmarkError(CareError):
@@ -66,6 +69,22 @@ def check_options(options: list, name: str) -> tuple[str, ...]:
     for i, option in enumerate(options):
         if not isinstance(option, str) or not option.strip():
             raise RowError(f"field '{name}[{i}]' must be a non-empty string, got {option!r}")
+    return tuple(options)
+
+
+def unlettered(texts: list[str], where: Callable[[int], str]) -> tuple[str, ...]:
+    """Option texts written ``"A. ..."``, ``"B. ..."`` (in letter order) without their prefixes; ``where(i)`` names
+    option ``i`` in the error when one lacks its own letter or its text.
+
+    >>> unlettered(["A. left", "B.  right "], lambda i: f"field 'options[{i}]'")
+    ('left', 'right')
+    """
+    options = []
+    for i, text in enumerate(texts):
+        match = LETTERED.match(text.strip())
+        if not match or match.group(1) != LETTERS[i] or not match.group(2).strip():
+            raise RowError(f"{where(i)} must start with '{LETTERS[i]}. ', got {text!r}")
+        options.append(match.group(2).strip())
     return tuple(options)
 
 

@@ -19,10 +19,16 @@ import re
 from pathlib import Path
 
 from care.data.annotations import LoadResult, RowError, text_field
-from care.data.benchmarks.common import LETTERS, Benchmark, check_options, media_path, read_parquet_rows
+from care.data.benchmarks.common import (
+    LETTERED,
+    LETTERS,
+    Benchmark,
+    check_options,
+    media_path,
+    read_parquet_rows,
+    unlettered,
+)
 from care.data.schema import Sample
-
-_LETTERED = re.compile(r"^([A-J])\.\s*(.*)$", re.DOTALL)
 
 
 def annotation_files(root: Path) -> list[Path]:
@@ -42,14 +48,10 @@ def _sample(root: Path, path: Path, row_no: int, row: dict) -> Sample:
     if not lines:
         raise RowError("field 'question' is empty")
     question, lines = lines[0], lines[1:]
-    options = []
-    for i, line in enumerate(check_options(lines, "question (its option lines)")):
-        match = _LETTERED.match(line)
-        if not match or match.group(1) != LETTERS[i]:
-            raise RowError(f"field 'question': option line {i + 1} must start with '{LETTERS[i]}. ', got {line!r}")
-        options.append(match.group(2).strip())
+    options = unlettered(check_options(lines, "question (its option lines)"),
+                         lambda i: f"field 'question': option line {i + 1}")
     answer = text_field(row, "answer").strip()
-    match = _LETTERED.match(answer)
+    match = LETTERED.match(answer)
     if not match or match.group(1) not in LETTERS[: len(options)]:
         raise RowError(f"field 'answer' must be a lettered option ('A. ...' to "
                        f"'{LETTERS[len(options) - 1]}. ...'), got {answer!r}")
@@ -58,7 +60,7 @@ def _sample(root: Path, path: Path, row_no: int, row: dict) -> Sample:
         raise RowError(f"field 'answer' {answer!r} does not match option {letter} "
                        f"{options[LETTERS.index(letter)]!r} of the question")
     video = media_path(root, f"videos/{video_id}.mp4", "video_id")
-    return Sample(sample_id=f"{dim}/{video_id}/{row_no}", question=question, options=tuple(options), answer=letter,
+    return Sample(sample_id=f"{dim}/{video_id}/{row_no}", question=question, options=options, answer=letter,
                   video=video, image=None, split=dim, source_file=str(path), line=row_no,
                   meta={"benchmark": "tempcompass", "video_id": video_id, "dim": dim})
 

@@ -24,11 +24,11 @@ from care.data.benchmarks.common import (
     check_options,
     media_path,
     read_parquet_rows,
+    unlettered,
 )
 from care.data.schema import Sample
 
 DURATIONS = ("short", "medium", "long")
-_LETTERED = re.compile(r"^([A-J])\.\s*(.+)$", re.DOTALL)
 
 
 def annotation_files(root: Path) -> list[Path]:
@@ -47,19 +47,14 @@ def _sample(root: Path, path: Path, row_no: int, row: dict) -> Sample:
     lettered = check_options(row.get("options"), "options") if "options" in row else None
     if lettered is None:
         raise RowError("missing field 'options'")
-    options = []
-    for i, text in enumerate(lettered):
-        match = _LETTERED.match(text.strip())
-        if not match or match.group(1) != LETTERS[i]:
-            raise RowError(f"field 'options[{i}]' must start with '{LETTERS[i]}. ', got {text!r}")
-        options.append(match.group(2).strip())
+    options = unlettered(lettered, lambda i: f"field 'options[{i}]'")
     answer = text_field(row, "answer").strip()
     if answer not in LETTERS[: len(options)]:
         raise RowError(f"field 'answer' must be one of {', '.join(LETTERS[: len(options)])}, got {answer!r}")
     video = media_path(root, f"data/{text_field(row, 'videoID')}.mp4", "videoID")
     meta = {"benchmark": "videomme", "domain": row.get("domain"), "sub_category": row.get("sub_category"),
             "task_type": row.get("task_type"), "video_id": row.get("video_id")}
-    return Sample(sample_id=question_id, question=text_field(row, "question"), options=tuple(options),
+    return Sample(sample_id=question_id, question=text_field(row, "question"), options=options,
                   answer=answer, video=video, image=None, split=duration, source_file=str(path), line=row_no,
                   meta=meta)
 

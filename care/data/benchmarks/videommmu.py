@@ -20,7 +20,15 @@ import re
 from pathlib import Path
 
 from care.data.annotations import LoadResult, RowError, json_kind, text_field
-from care.data.benchmarks.common import LETTERS, Benchmark, check_options, media_path, read_parquet_rows
+from care.data.benchmarks.common import (
+    LETTERED,
+    LETTERS,
+    Benchmark,
+    check_options,
+    media_path,
+    read_parquet_rows,
+    unlettered,
+)
 from care.data.schema import Sample
 
 TRACKS = ("Perception", "Comprehension", "Adaptation")
@@ -40,7 +48,6 @@ SUBJECT_DISCIPLINE = {subject: discipline for discipline, subjects in _DISCIPLIN
 """MMMU's 30 subjects -> the discipline folder their videos are published in."""
 
 _ID = re.compile(r"^[A-Za-z]+_(.+)_\d+$")
-_LETTERED = re.compile(r"^([A-J])\.\s*(.*)$", re.DOTALL)
 
 
 def annotation_files(root: Path) -> list[Path]:
@@ -70,9 +77,9 @@ def _options(row: dict) -> tuple[str, ...]:
     while texts and not (isinstance(texts[-1], str) and texts[-1].strip()):
         texts.pop()
     options = check_options(texts, "options")
-    lettered = [_LETTERED.match(text.strip()) for text in options]
+    lettered = [LETTERED.match(text.strip()) for text in options]
     if all(m and m.group(1) == LETTERS[i] for i, m in enumerate(lettered)):
-        options = tuple(m.group(2).strip() for m in lettered)
+        return unlettered(list(options), lambda i: f"field 'options[{i}]'")
     return options
 
 

@@ -25,10 +25,10 @@ from care.data.benchmarks.common import (
     check_options,
     media_path,
     read_parquet_rows,
+    unlettered,
 )
 from care.data.schema import Sample
 
-_LETTERED = re.compile(r"^([A-J])\.\s*(.+)$", re.DOTALL)
 _LEVEL = re.compile(r"[A-Za-z0-9_\-]+")
 
 
@@ -46,12 +46,7 @@ def _sample(root: Path, path: Path, row_no: int, row: dict) -> Sample:
         raise RowError(f"not supported: numerical question ({question_type}); the letter rule cannot score it")
     if not _LEVEL.fullmatch(question_type):
         raise RowError(f"field 'question_type' must be letters, digits, '_' or '-', got {question_type!r}")
-    options = []
-    for i, text in enumerate(check_options(row["options"], "options")):
-        match = _LETTERED.match(text.strip())
-        if not match or match.group(1) != LETTERS[i]:
-            raise RowError(f"field 'options[{i}]' must start with '{LETTERS[i]}. ', got {text!r}")
-        options.append(match.group(2).strip())
+    options = unlettered(check_options(row["options"], "options"), lambda i: f"field 'options[{i}]'")
     gold = text_field(row, "ground_truth").strip()
     if gold not in LETTERS[: len(options)]:
         if options.count(gold) != 1:
@@ -60,7 +55,7 @@ def _sample(root: Path, path: Path, row_no: int, row: dict) -> Sample:
     if "id" not in row or row["id"] is None:
         raise RowError("missing field 'id'")
     video = media_path(root, f"{text_field(row, 'dataset')}/{text_field(row, 'scene_name')}.mp4", "scene_name")
-    return Sample(sample_id=f"vsibench-{row['id']}", question=text_field(row, "question"), options=tuple(options),
+    return Sample(sample_id=f"vsibench-{row['id']}", question=text_field(row, "question"), options=options,
                   answer=gold, video=video, image=None, split=question_type, source_file=str(path), line=row_no,
                   meta={"benchmark": "vsibench", "dataset": row.get("dataset")})
 
