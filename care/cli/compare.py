@@ -21,8 +21,8 @@ def compare_command(
     sft_seeds: int = typer.Option(1, "--sft-seeds", min=1, help="Number of SFT seeds (the pipeline's seed S, then "
                                   "S+1 .. S+M-1), each its own SFT checkpoint. Use >= 2 (--sft-seeds 2) "
                                   "so the interval covers the SFT checkpoint too: each adds one SFT run (~2 min on 2 cores for the demo) and "
-                                  "len(algos) x N RL arms (~3 min each there), so 2 x 2 x 5 = 20 arms is about an "
-                                  "hour after `care run`; 1 SFT seed makes the CI conditional on that checkpoint."),
+                                  "len(algos) x N RL arms (~1-3 min each there), so 2 x 2 x 5 = 20 arms took 27 min "
+                                  "on a 2-core EPYC; 1 SFT seed makes the CI conditional on that checkpoint."),
     config: Path = typer.Option(None, "--config", "-c", help="Pipeline config YAML (default: the demo)."),
     overrides: list[str] = typer.Option(None, "--set", help="Override a pipeline option: KEY=VALUE, dotted."),
 ) -> None:
