@@ -102,3 +102,32 @@ def test_default_catalog_is_the_workspace_one(care_home):
 def test_read_only_without_catalog_says_what_to_do(tmp_path):
     with pytest.raises(catalog.CatalogError, match="no catalog yet"):
         catalog.query("SELECT 1", path=tmp_path / "none.duckdb")
+
+
+def test_insert_rows_upserts_in_chunks_and_keeps_the_last_of_a_repeated_key(tmp_path, monkeypatch):
+    db = str(tmp_path / "care.duckdb")
+    monkeypatch.setattr(catalog, "ROWS_PER_STATEMENT", 7)  # several statements, and a key repeated across two
+    with catalog.connect(db) as con:
+        con.execute("CREATE TABLE t (k VARCHAR PRIMARY KEY, n INTEGER, v DOUBLE, note VARCHAR)")
+    rows = [(f"k{i}", i, i, None) for i in range(20)]  # ints into the DOUBLE column are cast, as when bound alone
+    rows += [("k3", 103, 0.5, "second"), ("k3", 203, 1.5, "third")]
+    assert catalog.insert_rows("t", ("k", "n", "v", "note"), rows, key=("k",), path=db) == 20
+    assert catalog.insert_rows("t", ("k", "n", "v", "note"), [("k19", -1, 2.5, "replaced")], key=("k",), path=db) == 1
+    got = {r[0]: r[1:] for r in catalog.query("SELECT k, n, v, note FROM t", path=db)}
+    assert len(got) == 20
+    assert got["k3"] == (203, 1.5, "third")  # the last of the repeated key, as a row-by-row upsert leaves it
+    assert got["k19"] == (-1, 2.5, "replaced")
+    assert got["k7"] == (7, 7.0, None)
+
+
+def test_insert_rows_is_one_transaction_and_names_a_malformed_row(tmp_path, monkeypatch):
+    db = str(tmp_path / "care.duckdb")
+    monkeypatch.setattr(catalog, "ROWS_PER_STATEMENT", 2)
+    with catalog.connect(db) as con:
+        con.execute("CREATE TABLE t (k VARCHAR PRIMARY KEY, n INTEGER NOT NULL)")
+    with pytest.raises(duckdb.ConstraintException):  # the third chunk fails: the first two are rolled back
+        catalog.insert_rows("t", ("k", "n"), [("a", 1), ("b", 2), ("c", 3), ("d", 4), ("e", None)], path=db)
+    assert catalog.query("SELECT count(*) FROM t", path=db) == [(0,)]
+    with pytest.raises(ValueError, match=r"t: a row has 1 values for 2 columns \(k, n\)"):
+        catalog.insert_rows("t", ("k", "n"), [("a", 1), ("b",)], path=db)
+    assert catalog.insert_rows("t", ("k", "n"), [], path=db) == 0

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("flows", "tasks")
-SQL_CALLS = {"execute", "executemany", "query", "sql", "fetchall", "fetchone", "fetchdf", "fetch_arrow_table"}
+SQL_CALLS = {"execute", "executemany", "insert_rows", "insert_rows_on", "query", "sql", "fetchall", "fetchone", "fetchdf", "fetch_arrow_table"}
 SQL_TEXT = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|ALTER|WITH|COPY|ATTACH)\b", re.IGNORECASE)
 
 

@@ -4,6 +4,6 @@ Importing ``care.store`` registers the schemas of its modules, so any writable c
 """
 
 from care.store import media as media
-from care.store.catalog import CatalogError, connect, execute, executemany, query, register_schema
+from care.store.catalog import CatalogError, connect, execute, insert_rows, query, register_schema
 
-__all__ = ["CatalogError", "connect", "execute", "executemany", "media", "query", "register_schema"]
+__all__ = ["CatalogError", "connect", "execute", "insert_rows", "media", "query", "register_schema"]

@@ -92,19 +92,48 @@ def execute(sql: str, params: Sequence[Any] | None = None, *, path: str | os.Pat
         con.execute(sql, list(params or []))
 
 
-def executemany(sql: str, rows: Sequence[Sequence[Any]], *, path: str | os.PathLike | None = None) -> int:
-    """Run ``sql`` for each row in one transaction; return the row count."""
+ROWS_PER_STATEMENT = 500
+
+
+def insert_rows_on(con: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+                   *, key: Sequence[str] | None = None) -> int:
+    """Insert ``rows`` (one value per column) into ``table`` on an open connection, in statements of up to
+    ``ROWS_PER_STATEMENT`` rows each; with ``key`` (column names), ``INSERT OR REPLACE`` on it.
+
+    Why not ``executemany``: DuckDB runs it as one statement per row, 1.5-2 ms a row on 2 cores (39 metric rows
+    of an RL iteration took 70 ms, 2,000 media rows ~3.5 s); one multi-row ``VALUES`` list binds and casts each
+    parameter the same way at ~30 us a row. Rows repeating a key keep the last, as a row-by-row upsert would:
+    within one ``INSERT OR REPLACE`` DuckDB keeps the first.
+    """
+    if key:
+        at = [columns.index(k) for k in key]
+        rows = list({tuple(r[i] for i in at): r for r in rows}.values())
+    width = len(columns)
+    for r in rows:
+        if len(r) != width:
+            raise ValueError(f"{table}: a row has {len(r)} values for {width} columns ({', '.join(columns)}): {r!r}")
+    head = f"INSERT {'OR REPLACE ' if key else ''}INTO {table} ({', '.join(columns)}) VALUES "
+    group = "(" + ", ".join("?" * width) + ")"
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[start:start + ROWS_PER_STATEMENT]
+        con.execute(head + ", ".join([group] * len(chunk)), [v for r in chunk for v in r])
+    return len(rows)
+
+
+def insert_rows(table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *,
+                key: Sequence[str] | None = None, path: str | os.PathLike | None = None) -> int:
+    """``insert_rows_on`` in its own connection and one transaction; returns the rows written."""
     if not rows:
         return 0
     with connect(path) as con:
         con.execute("BEGIN")
         try:
-            con.executemany(sql, [list(r) for r in rows])
+            written = insert_rows_on(con, table, columns, rows, key=key)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
-    return len(rows)
+    return written
 
 
 def query(sql: str, params: Sequence[Any] | None = None, *,

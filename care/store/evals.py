@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from care.store.catalog import connect, executemany, register_schema
+from care.store.catalog import connect, insert_rows, register_schema
 
 ACCURACY_JUDGE = "accuracy"
 
@@ -86,8 +86,7 @@ def result_rows(*, run_id: str, checkpoint_id: str, label: str, checkpoint: str,
 
 def record_eval_results(rows: Sequence[tuple], *, path: str | os.PathLike | None = None) -> int:
     """Upsert ``result_rows`` output on (run_id, checkpoint_id, label, level, judge)."""
-    marks = ", ".join("?" * len(COLUMNS))
-    return executemany(f"INSERT OR REPLACE INTO eval_results ({', '.join(COLUMNS)}) VALUES ({marks})", rows,
+    return insert_rows("eval_results", COLUMNS, rows, key=("run_id", "checkpoint_id", "label", "level", "judge"),
                        path=path)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from care.store.catalog import connect, executemany, query, register_schema
+from care.store.catalog import connect, insert_rows, query, register_schema
 
 VIDEOS_DDL = """
 CREATE TABLE IF NOT EXISTS videos (
@@ -40,6 +40,8 @@ CREATE TABLE IF NOT EXISTS rejects (
     id VARCHAR PRIMARY KEY, run_id VARCHAR, file VARCHAR NOT NULL, line INTEGER, reason VARCHAR NOT NULL,
     created_at TIMESTAMP
 )"""
+
+REJECT_COLUMNS = ("id", "run_id", "file", "line", "reason", "created_at")
 
 register_schema("media", [VIDEOS_DDL, REJECTS_DDL])
 
@@ -74,9 +76,7 @@ def record_media(results: Sequence[dict], *, data_root: str | os.PathLike | None
                  path: str | os.PathLike | None = None) -> int:
     """Upsert ``videos`` rows for ``MediaResult`` dicts; return the count."""
     rows = [video_row(r, data_root, run_id) for r in results]
-    marks = ", ".join("?" * len(VIDEO_COLUMNS))
-    return executemany(f"INSERT OR REPLACE INTO videos ({', '.join(VIDEO_COLUMNS)}) VALUES ({marks})", rows,
-                       path=path)
+    return insert_rows("videos", VIDEO_COLUMNS, rows, key=("id",), path=path)
 
 
 def record_rejects(rejects: Sequence[tuple[str, int, str]], *, run_id: str,
@@ -84,7 +84,7 @@ def record_rejects(rejects: Sequence[tuple[str, int, str]], *, run_id: str,
     """Append ``(file, line, reason)`` rows to ``rejects``."""
     now = datetime.now(UTC).replace(tzinfo=None)
     rows = [(uuid.uuid4().hex, run_id, f, line, reason, now) for f, line, reason in rejects]
-    return executemany("INSERT INTO rejects VALUES (?, ?, ?, ?, ?, ?)", rows, path=path)
+    return insert_rows("rejects", REJECT_COLUMNS, rows, path=path)
 
 
 def frames_glob(cache_dir: str | os.PathLike) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from care import tracking
-from care.store.catalog import connect, execute, executemany, query, register_schema
+from care.store.catalog import connect, execute, insert_rows, insert_rows_on, query, register_schema
 
 RUNS_DDL = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -164,11 +164,8 @@ def record_stages(outcomes: Sequence[StageOutcome], *, path=None) -> None:
     with connect(path) as con:
         con.execute("BEGIN")
         try:
-            con.executemany(
-                """INSERT OR REPLACE INTO stages (run_id, iteration, stage, status, attempts, cache_hit, seconds,
-                       cache_key, output, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""", stage_rows)
-            if metric_rows:
-                con.executemany(METRICS_UPSERT, metric_rows)
+            insert_rows_on(con, "stages", STAGE_COLUMNS, stage_rows, key=("run_id", "iteration", "stage"))
+            insert_rows_on(con, "metrics", METRIC_COLUMNS, metric_rows, key=METRIC_KEY)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -213,7 +210,10 @@ class MetricRecord(NamedTuple):
     stage: str | None = None
 
 
-METRICS_UPSERT = "INSERT OR REPLACE INTO metrics (run_id, step, name, value, stage) VALUES (?, ?, ?, ?, ?)"
+STAGE_COLUMNS = ("run_id", "iteration", "stage", "status", "attempts", "cache_hit", "seconds", "cache_key", "output",
+                 "updated_at")
+METRIC_COLUMNS = ("run_id", "step", "name", "value", "stage")
+METRIC_KEY = ("run_id", "step", "name")
 
 
 def _finite(values: Mapping[str, float | None]) -> dict[str, float | None]:
@@ -234,7 +234,7 @@ def record_metrics(run_id: str, step: int, metrics: Mapping[str, float], *, stag
 
     Then mirrored to the run's experiment trackers when its flow opened any in this process (``care.tracking``)."""
     record = MetricRecord(step, metrics, stage)
-    written = executemany(METRICS_UPSERT, _metric_rows(run_id, record), path=path)
+    written = insert_rows("metrics", METRIC_COLUMNS, _metric_rows(run_id, record), key=METRIC_KEY, path=path)
     tracking.log(run_id, step, _finite(metrics), stage=stage)
     return written
 
