@@ -380,6 +380,5 @@ def test_a_two_node_gang_gets_its_second_node_from_the_gang_node_deployment(depl
         _until("no process of either flow run left", 60,
                lambda: not _flow_run_processes(run_id) and not _flow_run_processes(node["id"]))
     finally:
-        os.killpg(second.pid, signal.SIGTERM)
-        second.wait(timeout=30)
+        stack.stop_one(second)
         stack.run("work-pool", "set-concurrency-limit", "gpu", "1")
