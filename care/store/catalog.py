@@ -100,7 +100,7 @@ def insert_rows_on(con: duckdb.DuckDBPyConnection, table: str, columns: Sequence
     """Insert ``rows`` (one value per column) into ``table`` on an open connection, in statements of up to
     ``ROWS_PER_STATEMENT`` rows each; with ``key`` (column names), ``INSERT OR REPLACE`` on it.
 
-    Why not ``executemany``: DuckDB runs it as one statement per row, 1.5-2 ms a row on 2 cores (39 metric rows
+    Why not ``executemany``: DuckDB runs it as one statement per row, 1.5-2 ms a row on 2 Xeon cores (39 metric rows
     of an RL iteration took 70 ms, 2,000 media rows ~3.5 s); one multi-row ``VALUES`` list binds and casts each
     parameter the same way at ~30 us a row. Rows repeating a key keep the last, as a row-by-row upsert would:
     within one ``INSERT OR REPLACE`` DuckDB keeps the first.
