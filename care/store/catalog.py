@@ -105,13 +105,13 @@ def insert_rows_on(con: duckdb.DuckDBPyConnection, table: str, columns: Sequence
     parameter the same way at ~30 us a row. Rows repeating a key keep the last, as a row-by-row upsert would:
     within one ``INSERT OR REPLACE`` DuckDB keeps the first.
     """
+    width = len(columns)
+    for r in rows:  # before the key is read from them: a short row gets this error, not an IndexError
+        if len(r) != width:
+            raise ValueError(f"{table}: a row has {len(r)} values for {width} columns ({', '.join(columns)}): {r!r}")
     if key:
         at = [columns.index(k) for k in key]
         rows = list({tuple(r[i] for i in at): r for r in rows}.values())
-    width = len(columns)
-    for r in rows:
-        if len(r) != width:
-            raise ValueError(f"{table}: a row has {len(r)} values for {width} columns ({', '.join(columns)}): {r!r}")
     head = f"INSERT {'OR REPLACE ' if key else ''}INTO {table} ({', '.join(columns)}) VALUES "
     group = "(" + ", ".join("?" * width) + ")"
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
